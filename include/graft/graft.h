@@ -1,0 +1,233 @@
+/*
+ * graft.h — the public C API of libgraft.
+ *
+ * graft does on a CPU, without Python, what PyTorch's transfer-learning recipe does:
+ * build a torchvision model (VGG family), load its weights, freeze a prefix of it,
+ * replace the classifier head, and run forward and backward passes whose numbers
+ * match PyTorch's.  Models mirror torchvision exactly: parameter names, state-dict
+ * order and printed form are the same, so state dicts and habits carry over.
+ *
+ * Conventions
+ *   - Every function that can fail returns a graft_status; GRAFT_OK is 0.  On failure
+ *     graft_errmsg() returns one line describing the problem (thread-local, valid
+ *     until the next failing call on the same thread).  The library never prints
+ *     and never exits.
+ *   - Tensors are float32 (or int64 for counters and labels), contiguous, NCHW.
+ *   - "owned by X" means X frees it; functions that hand ownership to the caller
+ *     say so and name the function that frees it.
+ *
+ * A worked example (error handling elided):
+ *
+ *     graft_model *m;
+ *     graft_model_options o = graft_model_defaults();
+ *     o.num_classes = 10;                          // replaces classifier.6 with 4096 -> 10
+ *     graft_model_create("vgg16", &o, &m);
+ *     graft_model_freeze(m, "features", 1);        // the recipe's frozen extractor
+ *     graft_model_load_safetensors(m, "w.safetensors");
+ *
+ *     int64_t shape[4] = {64, 3, 32, 32};
+ *     graft_tensor *x;
+ *     graft_tensor_create(GRAFT_F32, 4, shape, &x);
+ *     // ... fill graft_tensor_f32(x) ...
+ *     const graft_tensor *logits;
+ *     graft_model_forward(m, x, &logits);          // [64, 10], owned by m
+ *
+ *     graft_tensor_free(x);
+ *     graft_model_free(m);
+ */
+#ifndef GRAFT_GRAFT_H
+#define GRAFT_GRAFT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(GRAFT_BUILDING) && defined(__GNUC__)
+#define GRAFT_API __attribute__((visibility("default")))
+#else
+#define GRAFT_API
+#endif
+
+#define GRAFT_VERSION "0.1.0"
+
+/* ---- errors ------------------------------------------------------------ */
+
+typedef enum graft_status {
+    GRAFT_OK = 0,
+    GRAFT_ERR_INVALID,     /* a bad argument or option */
+    GRAFT_ERR_SHAPE,       /* tensor shapes that do not fit together */
+    GRAFT_ERR_NOMEM,       /* an allocation failed */
+    GRAFT_ERR_IO,          /* open/read/write/rename failed */
+    GRAFT_ERR_FORMAT,      /* a file is malformed, truncated or hostile */
+    GRAFT_ERR_NOTFOUND,    /* a name (model, tensor, key, module path) does not exist */
+    GRAFT_ERR_UNSUPPORTED  /* valid input that graft does not handle */
+} graft_status;
+
+/* The message of the last failure on this thread ("" if none). */
+GRAFT_API const char *graft_errmsg(void);
+/* A fixed name for a status, e.g. "shape error". */
+GRAFT_API const char *graft_status_name(graft_status s);
+
+/* Informational messages (e.g. "head freshly initialised") go to this callback;
+ * by default they are dropped.  level: 0 info, 1 warning. */
+typedef void (*graft_log_fn)(int level, const char *message, void *user);
+GRAFT_API void graft_set_log_callback(graft_log_fn fn, void *user);
+
+/* Threads used by graft's own pool and by BLAS (never both at once).
+ * n <= 0 picks GRAFT_NUM_THREADS from the environment, else the number of cores. */
+GRAFT_API graft_status graft_set_num_threads(int n);
+GRAFT_API int graft_num_threads(void);
+
+/* ---- tensors ----------------------------------------------------------- */
+
+typedef enum graft_dtype { GRAFT_F32 = 0, GRAFT_I64 = 1 } graft_dtype;
+
+#define GRAFT_MAX_DIMS 8
+
+typedef struct graft_tensor graft_tensor;
+
+/* A new zero-filled contiguous tensor; free with graft_tensor_free. */
+GRAFT_API graft_status graft_tensor_create(graft_dtype dtype, int ndim, const int64_t *shape,
+                                           graft_tensor **out);
+GRAFT_API void graft_tensor_free(graft_tensor *t);
+GRAFT_API graft_dtype graft_tensor_dtype(const graft_tensor *t);
+GRAFT_API int graft_tensor_ndim(const graft_tensor *t);
+GRAFT_API int64_t graft_tensor_dim(const graft_tensor *t, int i);
+GRAFT_API int64_t graft_tensor_numel(const graft_tensor *t);
+GRAFT_API size_t graft_tensor_nbytes(const graft_tensor *t);
+/* Element pointers; NULL when the dtype differs. */
+GRAFT_API float *graft_tensor_f32(graft_tensor *t);
+GRAFT_API const float *graft_tensor_f32_const(const graft_tensor *t);
+GRAFT_API int64_t *graft_tensor_i64(graft_tensor *t);
+/* Writes the shape as PyTorch prints it, "[1000, 4096]", into buf (always terminated). */
+GRAFT_API void graft_tensor_shape_str(const graft_tensor *t, char *buf, size_t size);
+/* Bytes currently held by all tensors the library owns (for leak and release checks). */
+GRAFT_API size_t graft_tensor_bytes_in_use(void);
+
+/* ---- tensor maps (state dicts, safetensors files) ----------------------- */
+
+/* An ordered map from names to tensors, plus string metadata. */
+typedef struct graft_tensor_map graft_tensor_map;
+
+GRAFT_API graft_status graft_tensor_map_create(graft_tensor_map **out);
+GRAFT_API void graft_tensor_map_free(graft_tensor_map *m);
+GRAFT_API size_t graft_tensor_map_size(const graft_tensor_map *m);
+/* Entry i in insertion order; the tensor stays owned by the map. */
+GRAFT_API const char *graft_tensor_map_name(const graft_tensor_map *m, size_t i);
+GRAFT_API graft_tensor *graft_tensor_map_tensor(const graft_tensor_map *m, size_t i);
+GRAFT_API graft_tensor *graft_tensor_map_get(const graft_tensor_map *m, const char *name);
+/* Adds (or replaces) name; the map takes ownership of t, also on failure. */
+GRAFT_API graft_status graft_tensor_map_put(graft_tensor_map *m, const char *name, graft_tensor *t);
+/* Adds a deep copy of t. */
+GRAFT_API graft_status graft_tensor_map_put_copy(graft_tensor_map *m, const char *name,
+                                                 const graft_tensor *t);
+GRAFT_API graft_status graft_tensor_map_set_meta(graft_tensor_map *m, const char *key,
+                                                 const char *value);
+GRAFT_API const char *graft_tensor_map_get_meta(const graft_tensor_map *m, const char *key);
+GRAFT_API size_t graft_tensor_map_meta_size(const graft_tensor_map *m);
+GRAFT_API const char *graft_tensor_map_meta_key(const graft_tensor_map *m, size_t i);
+
+/* safetensors (https://github.com/huggingface/safetensors): F32 and I64 tensors. */
+GRAFT_API graft_status graft_safetensors_load(const char *path, graft_tensor_map **out);
+/* Writes atomically: a temporary file beside path, fsync, rename. */
+GRAFT_API graft_status graft_safetensors_save(const char *path, const graft_tensor_map *m);
+
+/* ---- models -------------------------------------------------------------- */
+
+typedef struct graft_model graft_model;
+
+typedef struct graft_model_options {
+    int64_t num_classes;  /* 0: the architecture's default (1000 for the zoo) */
+    uint64_t seed;        /* initialisation seed */
+    int init;             /* 1: initialise like torchvision; 0: zeros (weights loaded later) */
+} graft_model_options;
+
+GRAFT_API graft_model_options graft_model_defaults(void);
+
+/* arch is a zoo name (vgg11 vgg13 vgg16 vgg19, vgg11_bn ... vgg19_bn) or a custom
+ * VGG spec "vgg:cfg=64-M-128-M,bn,hidden=256,pool=2,dropout=0.5" (see README).
+ * Free with graft_model_free. */
+GRAFT_API graft_status graft_model_create(const char *arch, const graft_model_options *opts,
+                                          graft_model **out);
+GRAFT_API void graft_model_free(graft_model *m);
+/* The architecture string the model was created from. */
+GRAFT_API const char *graft_model_arch(const graft_model *m);
+
+/* print(model) as PyTorch 1.13 writes it, without the trailing newline.
+ * Caller frees with free(). NULL on allocation failure. */
+GRAFT_API char *graft_model_repr(const graft_model *m);
+
+/* Freezes (frozen=1) or unfreezes every parameter under a module path prefix
+ * ("features", "features.0", "classifier.3"; "" is the whole model).  A prefix matching
+ * no module is GRAFT_ERR_NOTFOUND. */
+GRAFT_API graft_status graft_model_freeze(graft_model *m, const char *prefix, int frozen);
+/* Parameter counts (buffers excluded), as sum(p.numel()) in PyTorch. */
+GRAFT_API void graft_model_param_counts(const graft_model *m, int64_t *total, int64_t *trainable);
+
+/* Train mode: dropout active, BatchNorm uses batch statistics (except frozen
+ * BatchNorm layers, which always use running statistics).  Default: eval. */
+GRAFT_API void graft_model_set_training(graft_model *m, int training);
+GRAFT_API int graft_model_training(const graft_model *m);
+/* Sets p of every Dropout layer (0 <= p <= 1), like --dropout P. */
+GRAFT_API graft_status graft_model_set_dropout(graft_model *m, double p);
+/* Seeds the generator used by dropout. */
+GRAFT_API void graft_model_set_seed(graft_model *m, uint64_t seed);
+
+/* input: float32 [N, C, H, W].  *output is owned by the model and valid until the
+ * next forward or free. */
+GRAFT_API graft_status graft_model_forward(graft_model *m, const graft_tensor *input,
+                                           const graft_tensor **output);
+/* Back-propagates grad_output (the shape of the last output) through the last
+ * forward, accumulating into the gradients of trainable parameters.  No work is
+ * done below the lowest trainable module.  If grad_input is non-NULL the gradient
+ * with respect to the input is computed too (owned by the model). */
+GRAFT_API graft_status graft_model_backward(graft_model *m, const graft_tensor *grad_output,
+                                            const graft_tensor **grad_input);
+/* Sets the gradients of all parameters to zero. */
+GRAFT_API void graft_model_zero_grad(graft_model *m);
+
+/* The state dict, in PyTorch's order: parameters and buffers by qualified name.
+ * Tensors are owned by the model. */
+GRAFT_API size_t graft_model_state_size(const graft_model *m);
+GRAFT_API const char *graft_model_state_name(const graft_model *m, size_t i);
+GRAFT_API graft_tensor *graft_model_state_tensor(const graft_model *m, size_t i);
+GRAFT_API graft_tensor *graft_model_state_get(const graft_model *m, const char *name);
+/* The gradient of a parameter, or NULL (frozen, a buffer, or no backward yet). */
+GRAFT_API graft_tensor *graft_model_grad(const graft_model *m, const char *name);
+/* 1 when the named parameter is trainable, 0 when frozen, -1 when not a parameter. */
+GRAFT_API int graft_model_param_trainable(const graft_model *m, const char *name);
+
+/* Replaces the Linear at a module path ("classifier.6") by a fresh Linear with the same
+ * in_features and out_features outputs, initialised like nn.Linear's default
+ * (weight and bias ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in))).  The old layer is freed. */
+GRAFT_API graft_status graft_model_replace_linear(graft_model *m, const char *path,
+                                                  int64_t out_features, uint64_t seed);
+/* The module path of the architecture's classification head ("classifier.6" for VGG). */
+GRAFT_API const char *graft_model_head_path(const graft_model *m);
+/* The head's output width, read from its weight. */
+GRAFT_API int64_t graft_model_num_classes(const graft_model *m);
+
+/* Copies a state dict into the model: every key present, every shape equal (strict).
+ * Errors list missing and unexpected keys and size mismatches in PyTorch's words. */
+GRAFT_API graft_status graft_model_load_state(graft_model *m, const graft_tensor_map *state);
+GRAFT_API graft_status graft_model_load_safetensors(graft_model *m, const char *path);
+/* A deep copy of the state dict; free with graft_tensor_map_free. */
+GRAFT_API graft_status graft_model_state_dict(const graft_model *m, graft_tensor_map **out);
+GRAFT_API graft_status graft_model_save_safetensors(const graft_model *m, const char *path);
+
+/* ---- loss ---------------------------------------------------------------- */
+
+/* Cross-entropy, mean over the batch, as nn.CrossEntropyLoss().
+ * logits [N, K] float32; labels [N] int64 in [0, K).  If grad_logits is non-NULL
+ * it must be [N, K] float32 and receives d(loss)/d(logits). */
+GRAFT_API graft_status graft_cross_entropy(const graft_tensor *logits, const graft_tensor *labels,
+                                           double *loss, graft_tensor *grad_logits);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* GRAFT_GRAFT_H */

@@ -1,0 +1,31 @@
+/* ctx.c — per-model scratch memory. */
+#include "core/ctx.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/error.h"
+
+void graft_ctx_init(graft_ctx *ctx, uint64_t seed) {
+    memset(ctx, 0, sizeof *ctx);
+    graft_rng_seed(&ctx->rng, seed);
+}
+
+void graft_ctx_release(graft_ctx *ctx) {
+    free(ctx->workspace);
+    ctx->workspace = NULL;
+    ctx->workspace_floats = 0;
+}
+
+float *graft_ctx_workspace(graft_ctx *ctx, size_t n) {
+    if (n <= ctx->workspace_floats) return ctx->workspace;
+    if (n > SIZE_MAX / sizeof(float)) {
+        graft_error(GRAFT_ERR_NOMEM, "workspace of %zu floats is too large", n);
+        return NULL;
+    }
+    free(ctx->workspace);
+    ctx->workspace = malloc(n * sizeof(float));
+    ctx->workspace_floats = ctx->workspace ? n : 0;
+    if (!ctx->workspace) graft_error(GRAFT_ERR_NOMEM, "out of memory for %zu floats of workspace", n);
+    return ctx->workspace;
+}

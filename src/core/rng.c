@@ -1,0 +1,41 @@
+/* rng.c — xoshiro256** (Blackman & Vigna, public domain algorithm). */
+#include "core/rng.h"
+
+#include <math.h>
+
+#define TWO_PI 6.283185307179586476925286766559
+
+static uint64_t splitmix64(uint64_t *x) {
+    uint64_t z = (*x += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+void graft_rng_seed(graft_rng *r, uint64_t seed) {
+    for (int i = 0; i < 4; i++) r->s[i] = splitmix64(&seed);
+}
+
+static uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+
+uint64_t graft_rng_u64(graft_rng *r) {
+    uint64_t *s = r->s;
+    uint64_t result = rotl(s[1] * 5, 7) * 9;
+    uint64_t t = s[1] << 17;
+    s[2] ^= s[0];
+    s[3] ^= s[1];
+    s[1] ^= s[2];
+    s[0] ^= s[3];
+    s[2] ^= t;
+    s[3] = rotl(s[3], 45);
+    return result;
+}
+
+double graft_rng_uniform(graft_rng *r) { return (double)(graft_rng_u64(r) >> 11) * 0x1.0p-53; }
+
+double graft_rng_normal(graft_rng *r) {
+    double u1 = graft_rng_uniform(r);
+    double u2 = graft_rng_uniform(r);
+    if (u1 < 1e-300) u1 = 1e-300; /* log(0) guard */
+    return sqrt(-2.0 * log(u1)) * cos(TWO_PI * u2);
+}

@@ -1,0 +1,20 @@
+/* rng.h — a small, fast, seedable generator (xoshiro256**, seeded by splitmix64).
+ * Used for initialisation and dropout; the same seed gives the same numbers on every
+ * platform. */
+#ifndef GRAFT_CORE_RNG_H
+#define GRAFT_CORE_RNG_H
+
+#include <stdint.h>
+
+typedef struct graft_rng {
+    uint64_t s[4];
+} graft_rng;
+
+void graft_rng_seed(graft_rng *r, uint64_t seed);
+uint64_t graft_rng_u64(graft_rng *r);
+/* Uniform in [0, 1) with 53 random bits. */
+double graft_rng_uniform(graft_rng *r);
+/* Standard normal (Box-Muller). */
+double graft_rng_normal(graft_rng *r);
+
+#endif
