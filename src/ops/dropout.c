@@ -1,0 +1,67 @@
+/* dropout.c — Dropout in train mode (eval mode is the identity and never reaches here).
+ *
+ * Inverted dropout as PyTorch does it: each element is kept with probability 1 - p and
+ * the kept ones are scaled by 1 / (1 - p), so the expected output equals the input.
+ * The mask stores the factor (0 or the scale) so the backward is one multiply.  The
+ * mask is drawn from the context's generator, one uniform per element in order, so a
+ * seed fixes the mask regardless of the thread count (drawing is not parallelised). */
+#include "core/threads.h"
+#include "ops/ops.h"
+
+/* Elementwise multiply is memory-bound; threads pay only on large arrays. */
+#define DROPOUT_MIN_CHUNK 32768
+
+// x, y, mask are (n); y may alias x
+void graft_dropout_forward(int64_t n, float p, graft_rng *rng, const float *x, float *y,
+                           float *mask) {
+    if (p <= 0.0f) { /* nothing dropped, nothing drawn */
+        for (int64_t i = 0; i < n; i++) {
+            mask[i] = 1.0f;
+            y[i] = x[i];
+        }
+        return;
+    }
+    if (p >= 1.0f) { /* everything dropped; 1 / (1 - p) would be infinite.  PyTorch
+                      * multiplies by zero here too, so a NaN or inf input gives NaN. */
+        for (int64_t i = 0; i < n; i++) {
+            mask[i] = 0.0f;
+            y[i] = x[i] * 0.0f;
+        }
+        return;
+    }
+    /* PyTorch divides the Bernoulli mask by (1 - p) in float; 1 - p is exact for the
+     * usual p = 0.5. */
+    const float scale = 1.0f / (1.0f - p);
+    for (int64_t i = 0; i < n; i++) {
+        mask[i] = graft_rng_uniform(rng) < (double)p ? 0.0f : scale;
+        y[i] = x[i] * mask[i];
+    }
+}
+
+typedef struct dropout_args {
+    const float *mask, *dy;
+    float *dx;
+} dropout_args;
+
+static void dropout_backward_range(void *arg, int64_t begin, int64_t end) {
+    const dropout_args *a = arg;
+    for (int64_t i = begin; i < end; i++) a->dx[i] = a->dy[i] * a->mask[i];
+}
+
+// mask, dy, dx are (n); dx may alias dy
+void graft_dropout_backward(int64_t n, const float *mask, const float *dy, float *dx) {
+    if (!dx) return;
+    dropout_args a = {.mask = mask, .dy = dy, .dx = dx};
+    graft_parallel_for(n, DROPOUT_MIN_CHUNK, dropout_backward_range, &a);
+}
+
+/* ---- reference: the mask is given, so the op is a fixed elementwise product ---- */
+
+void graft_ref_dropout_forward(int64_t n, const double *mask, const double *x, double *y) {
+    for (int64_t i = 0; i < n; i++) y[i] = x[i] * mask[i];
+}
+
+void graft_ref_dropout_backward(int64_t n, const double *mask, const double *dy, double *dx) {
+    if (!dx) return;
+    for (int64_t i = 0; i < n; i++) dx[i] = dy[i] * mask[i];
+}

@@ -1,0 +1,161 @@
+/* ops.h — the numerical kernels behind the layers.
+ *
+ * Every op comes in two versions that sit side by side in its file:
+ *   graft_<op>_*      the fast float32 path used by models;
+ *   graft_ref_<op>_*  a slow, obvious double-precision reference used only by tests
+ *                     (finite-difference gradient checks run on it; the fast path is
+ *                     compared against it).
+ * Layout is NCHW, contiguous.  Ops trust their sizes: the layers (src/nn) check shapes
+ * at their boundary and name the layer in the error.
+ *
+ * Gradient conventions, the same for fast and reference versions:
+ *   dx (gradient w.r.t. the input) is overwritten; NULL means "not needed";
+ *   dw, db, dgamma, dbeta (parameter gradients) are accumulated (+=), as PyTorch
+ *   accumulates into .grad; NULL means "frozen, skip". */
+#ifndef GRAFT_OPS_H
+#define GRAFT_OPS_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "core/ctx.h"
+#include "graft/graft.h"
+
+/* ---- Conv2d (conv.c) ------------------------------------------------------ */
+
+typedef struct graft_conv2d_geom {
+    int64_t n, c, h, w;     /* input  [n, c, h, w] */
+    int64_t oc, kh, kw;     /* weight [oc, c, kh, kw]; bias [oc] */
+    int64_t sh, sw, ph, pw; /* stride and zero padding */
+    int64_t oh, ow;         /* output [n, oc, oh, ow], derived */
+} graft_conv2d_geom;
+
+/* Fills oh/ow from the rest: oh = (h + 2ph - kh) / sh + 1.  Fails when any size is
+ * non-positive or the output would be empty. */
+graft_status graft_conv2d_geom_init(graft_conv2d_geom *g);
+
+/* y = conv(x, w) + b, lowered to GEMM (im2col over chunks of images), threaded. */
+graft_status graft_conv2d_forward(graft_ctx *ctx, const graft_conv2d_geom *g, const float *x,
+                                  const float *w, const float *b, float *y);
+graft_status graft_conv2d_backward(graft_ctx *ctx, const graft_conv2d_geom *g, const float *x,
+                                   const float *w, const float *dy, float *dx, float *dw,
+                                   float *db);
+void graft_ref_conv2d_forward(const graft_conv2d_geom *g, const double *x, const double *w,
+                              const double *b, double *y);
+void graft_ref_conv2d_backward(const graft_conv2d_geom *g, const double *x, const double *w,
+                               const double *dy, double *dx, double *dw, double *db);
+
+/* ---- Linear (linear.c) ---------------------------------------------------- */
+/* x [n, in], w [out, in], b [out] or NULL, y [n, out]:  y = x w^T + b */
+
+void graft_linear_forward(int64_t n, int64_t in, int64_t out, const float *x, const float *w,
+                          const float *b, float *y);
+void graft_linear_backward(int64_t n, int64_t in, int64_t out, const float *x, const float *w,
+                           const float *dy, float *dx, float *dw, float *db);
+void graft_ref_linear_forward(int64_t n, int64_t in, int64_t out, const double *x,
+                              const double *w, const double *b, double *y);
+void graft_ref_linear_backward(int64_t n, int64_t in, int64_t out, const double *x,
+                               const double *w, const double *dy, double *dx, double *dw,
+                               double *db);
+
+/* ---- ReLU (activation.c) -------------------------------------------------- */
+/* y = max(x, 0); y may alias x (inplace=True).  dx = dy * (y > 0); dx may alias dy. */
+
+void graft_relu_forward(int64_t n, const float *x, float *y);
+void graft_relu_backward(int64_t n, const float *y, const float *dy, float *dx);
+void graft_ref_relu_forward(int64_t n, const double *x, double *y);
+void graft_ref_relu_backward(int64_t n, const double *y, const double *dy, double *dx);
+
+/* ---- MaxPool2d and AdaptiveAvgPool2d (pool.c) ----------------------------- */
+
+typedef struct graft_pool2d_geom {
+    int64_t n, c, h, w;     /* input [n, c, h, w] */
+    int64_t kh, kw, sh, sw, ph, pw;
+    bool ceil_mode;
+    int64_t oh, ow;         /* output [n, c, oh, ow], derived */
+} graft_pool2d_geom;
+
+/* PyTorch's rules: padding at most half the kernel; with ceil_mode the last window
+ * must start inside the input or left padding. */
+graft_status graft_maxpool2d_geom_init(graft_pool2d_geom *g);
+/* argmax [n, c, oh, ow] receives the index (ih * w + iw) of each maximum within its
+ * input plane; ties go to the first in row-major order, NaN wins, as in PyTorch. */
+void graft_maxpool2d_forward(const graft_pool2d_geom *g, const float *x, float *y,
+                             int32_t *argmax);
+void graft_maxpool2d_backward(const graft_pool2d_geom *g, const int32_t *argmax,
+                              const float *dy, float *dx);
+void graft_ref_maxpool2d_forward(const graft_pool2d_geom *g, const double *x, double *y);
+void graft_ref_maxpool2d_backward(const graft_pool2d_geom *g, const double *x,
+                                  const double *dy, double *dx);
+
+/* Bins as PyTorch: start = floor(i * in / out), end = ceil((i + 1) * in / out); out may
+ * exceed in (a 1x1 map replicated to 7x7). x [n, c, h, w] -> y [n, c, oh, ow]. */
+void graft_adaptive_avgpool2d_forward(int64_t n, int64_t c, int64_t h, int64_t w, int64_t oh,
+                                      int64_t ow, const float *x, float *y);
+void graft_adaptive_avgpool2d_backward(int64_t n, int64_t c, int64_t h, int64_t w, int64_t oh,
+                                       int64_t ow, const float *dy, float *dx);
+void graft_ref_adaptive_avgpool2d_forward(int64_t n, int64_t c, int64_t h, int64_t w,
+                                          int64_t oh, int64_t ow, const double *x, double *y);
+void graft_ref_adaptive_avgpool2d_backward(int64_t n, int64_t c, int64_t h, int64_t w,
+                                           int64_t oh, int64_t ow, const double *dy,
+                                           double *dx);
+
+/* ---- Dropout (dropout.c) -------------------------------------------------- */
+/* Train mode: each element is kept with probability 1 - p and scaled by 1 / (1 - p);
+ * mask [n] receives the factor (0 or 1 / (1 - p)).  p = 1 zeroes everything. */
+
+void graft_dropout_forward(int64_t n, float p, graft_rng *rng, const float *x, float *y,
+                           float *mask);
+void graft_dropout_backward(int64_t n, const float *mask, const float *dy, float *dx);
+void graft_ref_dropout_forward(int64_t n, const double *mask, const double *x, double *y);
+void graft_ref_dropout_backward(int64_t n, const double *mask, const double *dy, double *dx);
+
+/* ---- BatchNorm2d (norm.c) ------------------------------------------------- */
+/* x, y [n, c, hw]; gamma, beta, running stats, save_mean, save_invstd [c].
+ * Train: normalise with the batch mean and biased variance; update running_mean and
+ * running_var (unbiased variance) with momentum: r = (1 - m) r + m batch.
+ * Eval: normalise with the running statistics. */
+
+void graft_batchnorm2d_forward_train(int64_t n, int64_t c, int64_t hw, double eps,
+                                     double momentum, const float *x, const float *gamma,
+                                     const float *beta, float *running_mean, float *running_var,
+                                     float *y, float *save_mean, float *save_invstd);
+void graft_batchnorm2d_forward_eval(int64_t n, int64_t c, int64_t hw, double eps, const float *x,
+                                    const float *gamma, const float *beta,
+                                    const float *running_mean, const float *running_var,
+                                    float *y);
+void graft_batchnorm2d_backward_train(int64_t n, int64_t c, int64_t hw, const float *x,
+                                      const float *gamma, const float *save_mean,
+                                      const float *save_invstd, const float *dy, float *dx,
+                                      float *dgamma, float *dbeta);
+void graft_batchnorm2d_backward_eval(int64_t n, int64_t c, int64_t hw, double eps,
+                                     const float *x, const float *gamma,
+                                     const float *running_mean, const float *running_var,
+                                     const float *dy, float *dx, float *dgamma, float *dbeta);
+void graft_ref_batchnorm2d_forward_train(int64_t n, int64_t c, int64_t hw, double eps,
+                                         const double *x, const double *gamma,
+                                         const double *beta, double *y);
+void graft_ref_batchnorm2d_backward_train(int64_t n, int64_t c, int64_t hw, double eps,
+                                          const double *x, const double *gamma,
+                                          const double *dy, double *dx, double *dgamma,
+                                          double *dbeta);
+void graft_ref_batchnorm2d_forward_eval(int64_t n, int64_t c, int64_t hw, double eps,
+                                        const double *x, const double *gamma,
+                                        const double *beta, const double *running_mean,
+                                        const double *running_var, double *y);
+void graft_ref_batchnorm2d_backward_eval(int64_t n, int64_t c, int64_t hw, double eps,
+                                         const double *x, const double *gamma,
+                                         const double *running_mean, const double *running_var,
+                                         const double *dy, double *dx, double *dgamma,
+                                         double *dbeta);
+
+/* ---- Cross-entropy (loss.c) ----------------------------------------------- */
+/* logits [n, k], labels [n] in [0, k): returns mean_i(-log softmax(logits_i)[label_i]);
+ * dlogits (overwritten, may be NULL) = (softmax - onehot) / n. */
+
+double graft_cross_entropy_forward_backward(int64_t n, int64_t k, const float *logits,
+                                            const int64_t *labels, float *dlogits);
+double graft_ref_cross_entropy(int64_t n, int64_t k, const double *logits,
+                               const int64_t *labels, double *dlogits);
+
+#endif

@@ -1,0 +1,363 @@
+/* test_linear.c — Linear: the reference's gradients against finite differences, the
+ * fast path against the reference, and the gradient conventions. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "core/rng.h"
+#include "core/threads.h"
+#include "graft/graft.h"
+#include "ops/ops.h"
+#include "testutil.h"
+
+/* Linear is linear in each argument: central differences are exact but for rounding. */
+#define FD_STEP 1e-6
+#define FD_TOL 1e-7
+/* Fast float path against the double reference, on float-representable inputs. */
+#define FAST_TOL 1e-5
+/* The same float sums scheduled differently (one call vs two). */
+#define RESCHEDULE_TOL 1e-6
+
+typedef struct shape {
+    int64_t n, in, out;
+} shape;
+
+static const shape gradcheck_shapes[] = {
+    {1, 1, 1}, {1, 5, 3}, {4, 7, 2}, {3, 2, 9}, {5, 6, 6},
+};
+
+static const shape fast_shapes[] = {
+    {1, 1, 1},     {1, 5, 3},      {4, 7, 2},    {3, 2, 9},
+    {64, 512, 10}, /* the recipe's replaced head on VGG features at 32x32 input */
+    {16, 1000, 37}, {7, 33, 65},   {2, 4096, 16},
+};
+
+#define COUNT(a) ((int)(sizeof(a) / sizeof((a)[0])))
+
+typedef struct problem {
+    shape s;
+    double *x, *w, *b; /* x [n, in], w [out, in], b [out] */
+    double *gy;        /* the upstream gradient [n, out] defining L = sum(y * gy) */
+    double *y;         /* scratch for the loss */
+} problem;
+
+static problem make_problem(shape s, uint64_t seed) {
+    problem p = {.s = s};
+    p.x = malloc((size_t)(s.n * s.in) * sizeof(double));
+    p.w = malloc((size_t)(s.out * s.in) * sizeof(double));
+    p.b = malloc((size_t)s.out * sizeof(double));
+    p.gy = malloc((size_t)(s.n * s.out) * sizeof(double));
+    p.y = malloc((size_t)(s.n * s.out) * sizeof(double));
+    graft_rng r;
+    graft_rng_seed(&r, seed);
+    tu_fill(&r, p.x, s.n * s.in, -1, 1);
+    tu_fill(&r, p.w, s.out * s.in, -1, 1);
+    tu_fill(&r, p.b, s.out, -1, 1);
+    tu_fill(&r, p.gy, s.n * s.out, -1, 1);
+    /* so the float path sees exactly what the reference sees */
+    tu_round_to_float(p.x, s.n * s.in);
+    tu_round_to_float(p.w, s.out * s.in);
+    tu_round_to_float(p.b, s.out);
+    tu_round_to_float(p.gy, s.n * s.out);
+    return p;
+}
+
+static void free_problem(problem *p) {
+    free(p->x);
+    free(p->w);
+    free(p->b);
+    free(p->gy);
+    free(p->y);
+}
+
+static double loss(void *arg) {
+    problem *p = arg;
+    graft_ref_linear_forward(p->s.n, p->s.in, p->s.out, p->x, p->w, p->b, p->y);
+    return tu_dot(p->y, p->gy, p->s.n * p->s.out);
+}
+
+static double *zeros(int64_t n) { return calloc((size_t)(n > 0 ? n : 1), sizeof(double)); }
+
+static float *float_zeros(int64_t n) { return calloc((size_t)(n > 0 ? n : 1), sizeof(float)); }
+
+static float *float_filled(int64_t n, float v) {
+    float *f = malloc((size_t)(n > 0 ? n : 1) * sizeof *f);
+    for (int64_t i = 0; i < n; i++) f[i] = v;
+    return f;
+}
+
+static double rel_err_ff(const float *a, const float *b, int64_t n, double floor_) {
+    double diff = 0, mag = floor_;
+    for (int64_t i = 0; i < n; i++) {
+        diff = fmax(diff, fabs((double)a[i] - (double)b[i]));
+        mag = fmax(mag, fabs((double)b[i]));
+    }
+    return diff / mag;
+}
+
+/* GRAFT_TEST_VERBOSE=1 prints the measured errors. */
+static void report(const char *what, int index, double err) {
+    if (getenv("GRAFT_TEST_VERBOSE")) print_message("  %-24s shape %d: %.3g\n", what, index, err);
+}
+
+/* ---- reference gradients against finite differences ------------------------ */
+
+enum wrt { WRT_X, WRT_W, WRT_B };
+
+static void gradcheck_all(enum wrt which) {
+    for (int i = 0; i < COUNT(gradcheck_shapes); i++) {
+        shape s = gradcheck_shapes[i];
+        problem p = make_problem(s, 100 + (uint64_t)i);
+        double *dx = zeros(s.n * s.in), *dw = zeros(s.out * s.in), *db = zeros(s.out);
+        graft_ref_linear_backward(s.n, s.in, s.out, p.x, p.w, p.gy, dx, dw, db);
+        double err = 0;
+        switch (which) {
+        case WRT_X: err = tu_gradcheck(p.x, s.n * s.in, dx, loss, &p, FD_STEP); break;
+        case WRT_W: err = tu_gradcheck(p.w, s.out * s.in, dw, loss, &p, FD_STEP); break;
+        case WRT_B: err = tu_gradcheck(p.b, s.out, db, loss, &p, FD_STEP); break;
+        }
+        report(which == WRT_X ? "ref dx vs finite diff" : which == WRT_W ? "ref dw vs finite diff"
+                                                                           : "ref db vs finite diff",
+               i, err);
+        assert_true(err <= FD_TOL);
+        free(dx);
+        free(dw);
+        free(db);
+        free_problem(&p);
+    }
+}
+
+static void test_ref_dx_matches_finite_differences(void **state) {
+    (void)state;
+    gradcheck_all(WRT_X);
+}
+
+static void test_ref_dw_matches_finite_differences(void **state) {
+    (void)state;
+    gradcheck_all(WRT_W);
+}
+
+static void test_ref_db_matches_finite_differences(void **state) {
+    (void)state;
+    gradcheck_all(WRT_B);
+}
+
+/* ---- fast path against the reference --------------------------------------- */
+
+static void check_fast_forward(int with_bias) {
+    for (int i = 0; i < COUNT(fast_shapes); i++) {
+        shape s = fast_shapes[i];
+        problem p = make_problem(s, 200 + (uint64_t)i);
+        float *x = tu_to_float(p.x, s.n * s.in), *w = tu_to_float(p.w, s.out * s.in);
+        float *b = tu_to_float(p.b, s.out);
+        float *y = float_filled(s.n * s.out, NAN); /* every element must be written */
+        graft_linear_forward(s.n, s.in, s.out, x, w, with_bias ? b : NULL, y);
+        graft_ref_linear_forward(s.n, s.in, s.out, p.x, p.w, with_bias ? p.b : NULL, p.y);
+        double err = tu_rel_err_fd(y, p.y, s.n * s.out, 1e-6);
+        report(with_bias ? "fast forward" : "fast forward, no bias", i, err);
+        assert_true(err <= FAST_TOL);
+        free(x);
+        free(w);
+        free(b);
+        free(y);
+        free_problem(&p);
+    }
+}
+
+static void test_fast_forward_matches_reference(void **state) {
+    (void)state;
+    check_fast_forward(1);
+}
+
+static void test_fast_forward_without_bias_matches_reference(void **state) {
+    (void)state;
+    check_fast_forward(0);
+}
+
+static void test_fast_backward_matches_reference(void **state) {
+    (void)state;
+    for (int i = 0; i < COUNT(fast_shapes); i++) {
+        shape s = fast_shapes[i];
+        problem p = make_problem(s, 300 + (uint64_t)i);
+        float *x = tu_to_float(p.x, s.n * s.in), *w = tu_to_float(p.w, s.out * s.in);
+        float *dy = tu_to_float(p.gy, s.n * s.out);
+        float *dx = float_filled(s.n * s.in, NAN), *dw = float_zeros(s.out * s.in);
+        float *db = float_zeros(s.out);
+        graft_linear_backward(s.n, s.in, s.out, x, w, dy, dx, dw, db);
+        double *rdx = zeros(s.n * s.in), *rdw = zeros(s.out * s.in), *rdb = zeros(s.out);
+        graft_ref_linear_backward(s.n, s.in, s.out, p.x, p.w, p.gy, rdx, rdw, rdb);
+        double ex = tu_rel_err_fd(dx, rdx, s.n * s.in, 1e-6);
+        double ew = tu_rel_err_fd(dw, rdw, s.out * s.in, 1e-6);
+        double eb = tu_rel_err_fd(db, rdb, s.out, 1e-6);
+        report("fast dx", i, ex);
+        report("fast dw", i, ew);
+        report("fast db", i, eb);
+        assert_true(ex <= FAST_TOL);
+        assert_true(ew <= FAST_TOL);
+        assert_true(eb <= FAST_TOL);
+        free(x);
+        free(w);
+        free(dy);
+        free(dx);
+        free(dw);
+        free(db);
+        free(rdx);
+        free(rdw);
+        free(rdb);
+        free_problem(&p);
+    }
+}
+
+/* ---- gradient conventions --------------------------------------------------- */
+
+static const shape convention_shape = {6, 40, 7};
+
+typedef struct fast_run {
+    float *x, *w, *dy;
+    float *dx, *dw, *db;
+} fast_run;
+
+/* Float copies of p's inputs; dx prefilled with garbage, dw and db with zeros. */
+static fast_run fast_run_new(const problem *p) {
+    shape s = p->s;
+    fast_run r = {tu_to_float(p->x, s.n * s.in),   tu_to_float(p->w, s.out * s.in),
+                  tu_to_float(p->gy, s.n * s.out), float_filled(s.n * s.in, 12345.0f),
+                  float_zeros(s.out * s.in),       float_zeros(s.out)};
+    return r;
+}
+
+static void fast_run_free(fast_run *r) {
+    free(r->x);
+    free(r->w);
+    free(r->dy);
+    free(r->dx);
+    free(r->dw);
+    free(r->db);
+}
+
+static void test_fast_backward_accumulates_dw_and_db(void **state) {
+    (void)state;
+    shape s = convention_shape;
+    problem p = make_problem(s, 400);
+    fast_run once = fast_run_new(&p), twice = fast_run_new(&p);
+    graft_linear_backward(s.n, s.in, s.out, once.x, once.w, once.dy, once.dx, once.dw, once.db);
+    for (int call = 0; call < 2; call++)
+        graft_linear_backward(s.n, s.in, s.out, twice.x, twice.w, twice.dy, twice.dx, twice.dw,
+                              twice.db);
+    for (int64_t i = 0; i < s.out * s.in; i++) once.dw[i] *= 2;
+    for (int64_t i = 0; i < s.out; i++) once.db[i] *= 2;
+    assert_true(rel_err_ff(twice.dw, once.dw, s.out * s.in, 1e-6) <= RESCHEDULE_TOL);
+    assert_true(rel_err_ff(twice.db, once.db, s.out, 1e-6) <= RESCHEDULE_TOL);
+    fast_run_free(&once);
+    fast_run_free(&twice);
+    free_problem(&p);
+}
+
+static void test_fast_backward_overwrites_dx(void **state) {
+    (void)state;
+    shape s = convention_shape;
+    problem p = make_problem(s, 500);
+    fast_run once = fast_run_new(&p), twice = fast_run_new(&p);
+    for (int64_t i = 0; i < s.n * s.in; i++) once.dx[i] = NAN;
+    graft_linear_backward(s.n, s.in, s.out, once.x, once.w, once.dy, once.dx, NULL, NULL);
+    for (int call = 0; call < 2; call++)
+        graft_linear_backward(s.n, s.in, s.out, twice.x, twice.w, twice.dy, twice.dx, NULL,
+                              NULL);
+    assert_memory_equal(twice.dx, once.dx, (size_t)(s.n * s.in) * sizeof(float));
+    fast_run_free(&once);
+    fast_run_free(&twice);
+    free_problem(&p);
+}
+
+static void test_fast_backward_null_arguments_skip(void **state) {
+    (void)state;
+    shape s = convention_shape;
+    problem p = make_problem(s, 600);
+    fast_run all = fast_run_new(&p), part = fast_run_new(&p);
+    graft_linear_backward(s.n, s.in, s.out, all.x, all.w, all.dy, all.dx, all.dw, all.db);
+    graft_linear_backward(s.n, s.in, s.out, part.x, part.w, part.dy, part.dx, NULL, NULL);
+    graft_linear_backward(s.n, s.in, s.out, part.x, part.w, part.dy, NULL, part.dw, NULL);
+    graft_linear_backward(s.n, s.in, s.out, part.x, part.w, part.dy, NULL, NULL, part.db);
+    graft_linear_backward(s.n, s.in, s.out, part.x, part.w, part.dy, NULL, NULL, NULL);
+    assert_memory_equal(part.dx, all.dx, (size_t)(s.n * s.in) * sizeof(float));
+    assert_memory_equal(part.dw, all.dw, (size_t)(s.out * s.in) * sizeof(float));
+    assert_memory_equal(part.db, all.db, (size_t)s.out * sizeof(float));
+    fast_run_free(&all);
+    fast_run_free(&part);
+    free_problem(&p);
+}
+
+static void test_ref_backward_accumulates_dw_db_and_overwrites_dx(void **state) {
+    (void)state;
+    shape s = convention_shape;
+    problem p = make_problem(s, 700);
+    int64_t nx = s.n * s.in, nw = s.out * s.in;
+    double *dx1 = zeros(nx), *dw1 = zeros(nw), *db1 = zeros(s.out);
+    graft_ref_linear_backward(s.n, s.in, s.out, p.x, p.w, p.gy, dx1, dw1, db1);
+    double *dx2 = zeros(nx), *dw2 = zeros(nw), *db2 = zeros(s.out);
+    for (int64_t i = 0; i < nx; i++) dx2[i] = 1e30;
+    for (int call = 0; call < 2; call++)
+        graft_ref_linear_backward(s.n, s.in, s.out, p.x, p.w, p.gy, dx2, dw2, db2);
+    for (int64_t i = 0; i < nw; i++) dw1[i] *= 2;
+    for (int64_t i = 0; i < s.out; i++) db1[i] *= 2;
+    assert_true(tu_rel_err_dd(dw2, dw1, nw, 1e-12) <= 1e-14);
+    assert_true(tu_rel_err_dd(db2, db1, s.out, 1e-12) <= 1e-14);
+    assert_memory_equal(dx2, dx1, (size_t)nx * sizeof(double));
+    free(dx1);
+    free(dw1);
+    free(db1);
+    free(dx2);
+    free(dw2);
+    free(db2);
+    free_problem(&p);
+}
+
+static void test_ref_backward_null_arguments_skip(void **state) {
+    (void)state;
+    shape s = convention_shape;
+    problem p = make_problem(s, 800);
+    int64_t nx = s.n * s.in, nw = s.out * s.in;
+    double *dx = zeros(nx), *dw = zeros(nw), *db = zeros(s.out);
+    graft_ref_linear_backward(s.n, s.in, s.out, p.x, p.w, p.gy, dx, dw, db);
+    double *dx2 = zeros(nx), *dw2 = zeros(nw), *db2 = zeros(s.out);
+    graft_ref_linear_backward(s.n, s.in, s.out, p.x, p.w, p.gy, dx2, NULL, NULL);
+    graft_ref_linear_backward(s.n, s.in, s.out, p.x, p.w, p.gy, NULL, dw2, NULL);
+    graft_ref_linear_backward(s.n, s.in, s.out, p.x, p.w, p.gy, NULL, NULL, db2);
+    graft_ref_linear_backward(s.n, s.in, s.out, p.x, p.w, p.gy, NULL, NULL, NULL);
+    assert_memory_equal(dx2, dx, (size_t)nx * sizeof(double));
+    assert_memory_equal(dw2, dw, (size_t)nw * sizeof(double));
+    assert_memory_equal(db2, db, (size_t)s.out * sizeof(double));
+    free(dx);
+    free(dw);
+    free(db);
+    free(dx2);
+    free(dw2);
+    free(db2);
+    free_problem(&p);
+}
+
+int main(void) {
+    graft_set_num_threads(3); /* BLAS threads split even on a one-core runner */
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_ref_dx_matches_finite_differences),
+        cmocka_unit_test(test_ref_dw_matches_finite_differences),
+        cmocka_unit_test(test_ref_db_matches_finite_differences),
+        cmocka_unit_test(test_fast_forward_matches_reference),
+        cmocka_unit_test(test_fast_forward_without_bias_matches_reference),
+        cmocka_unit_test(test_fast_backward_matches_reference),
+        cmocka_unit_test(test_fast_backward_accumulates_dw_and_db),
+        cmocka_unit_test(test_fast_backward_overwrites_dx),
+        cmocka_unit_test(test_fast_backward_null_arguments_skip),
+        cmocka_unit_test(test_ref_backward_accumulates_dw_db_and_overwrites_dx),
+        cmocka_unit_test(test_ref_backward_null_arguments_skip),
+    };
+    int failed = cmocka_run_group_tests(tests, NULL, NULL);
+    graft_threads_shutdown();
+    return failed;
+}
