@@ -1,0 +1,155 @@
+/* atomic_file.c — temp file beside the target, fsync, rename, fsync the directory. */
+#include "io/atomic_file.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "core/error.h"
+
+#define TMP_SUFFIX ".tmp.XXXXXX" /* mkstemp replaces the six X's */
+
+/* Permission bits for a new file when fopen would have created it: 0666 less the umask.
+ * umask() can only be read by setting it, which races with other threads creating
+ * files, so read it from /proc where Linux (4.7+) publishes it; else assume 022. */
+static mode_t default_file_mode(void) {
+    mode_t mask = 022;
+    FILE *f = fopen("/proc/self/status", "r");
+    if (f) {
+        char line[256];
+        unsigned int m;
+        while (fgets(line, sizeof line, f)) {
+            if (sscanf(line, "Umask: %o", &m) == 1) {
+                mask = (mode_t)m;
+                break;
+            }
+        }
+        fclose(f);
+    }
+    return 0666 & ~mask;
+}
+
+static char *dup_str(const char *s) {
+    size_t n = strlen(s) + 1;
+    char *p = malloc(n);
+    if (p) memcpy(p, s, n);
+    return p;
+}
+
+graft_status graft_atomic_open(graft_atomic_file *af, const char *path) {
+    af->fd = -1;
+    af->path = NULL;
+    af->tmp_path = NULL;
+    if (!path || !*path) return graft_error(GRAFT_ERR_INVALID, "atomic write: empty file name");
+
+    size_t len = strlen(path);
+    af->path = dup_str(path);
+    af->tmp_path = malloc(len + sizeof TMP_SUFFIX);
+    if (!af->path || !af->tmp_path) {
+        free(af->path);
+        free(af->tmp_path);
+        af->path = af->tmp_path = NULL;
+        return graft_error(GRAFT_ERR_NOMEM, "%s: out of memory", path);
+    }
+    memcpy(af->tmp_path, path, len);
+    memcpy(af->tmp_path + len, TMP_SUFFIX, sizeof TMP_SUFFIX);
+
+    af->fd = mkstemp(af->tmp_path);
+    if (af->fd < 0) {
+        int e = errno;
+        free(af->path);
+        free(af->tmp_path);
+        af->path = af->tmp_path = NULL;
+        return graft_error(GRAFT_ERR_IO, "%s: %s", path, strerror(e));
+    }
+    /* mkstemp makes the file 0600; give it the mode a plain rewrite would have. */
+    struct stat st;
+    mode_t mode = stat(path, &st) == 0 ? (st.st_mode & 07777) : default_file_mode();
+    if (fchmod(af->fd, mode) != 0) {
+        int e = errno;
+        graft_atomic_abort(af);
+        return graft_error(GRAFT_ERR_IO, "%s: %s", path, strerror(e));
+    }
+    return GRAFT_OK;
+}
+
+graft_status graft_atomic_write(graft_atomic_file *af, const void *data, size_t bytes) {
+    const char *p = data;
+    if (af->fd < 0) return graft_error(GRAFT_ERR_INVALID, "atomic write: file is not open");
+    while (bytes > 0) {
+        ssize_t n = write(af->fd, p, bytes);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            return graft_error(GRAFT_ERR_IO, "%s: %s", af->path, strerror(errno));
+        }
+        p += n;
+        bytes -= (size_t)n;
+    }
+    return GRAFT_OK;
+}
+
+/* The directory holding path ("." when it has no slash), newly allocated. */
+static char *parent_dir(const char *path) {
+    const char *slash = strrchr(path, '/');
+    if (!slash) return dup_str(".");
+    size_t n = slash == path ? 1 : (size_t)(slash - path); /* "/x" lives in "/" */
+    char *d = malloc(n + 1);
+    if (!d) return NULL;
+    memcpy(d, path, n);
+    d[n] = 0;
+    return d;
+}
+
+/* Makes the rename durable.  File systems that cannot fsync a directory say EINVAL
+ * (or ENOTSUP); there is nothing more to do on those. */
+static graft_status fsync_dir(const char *path) {
+    char *dir = parent_dir(path);
+    if (!dir) return graft_error(GRAFT_ERR_NOMEM, "%s: out of memory", path);
+    graft_status s = GRAFT_OK;
+    int fd = open(dir, O_RDONLY | O_DIRECTORY);
+    if (fd < 0) {
+        s = graft_error(GRAFT_ERR_IO, "%s: %s", dir, strerror(errno));
+    } else {
+        if (fsync(fd) != 0 && errno != EINVAL && errno != ENOTSUP)
+            s = graft_error(GRAFT_ERR_IO, "%s: %s", dir, strerror(errno));
+        close(fd);
+    }
+    free(dir);
+    return s;
+}
+
+graft_status graft_atomic_commit(graft_atomic_file *af) {
+    if (af->fd < 0) return graft_error(GRAFT_ERR_INVALID, "atomic write: file is not open");
+    int fd = af->fd;
+    af->fd = -1;
+    int e = 0;
+    if (fsync(fd) != 0) e = errno;
+    /* close can report a delayed write error (e.g. NFS); it must be checked too. */
+    if (close(fd) != 0 && !e) e = errno;
+    if (!e && rename(af->tmp_path, af->path) != 0) e = errno;
+    if (e) {
+        graft_status s = graft_error(GRAFT_ERR_IO, "%s: %s", af->path, strerror(e));
+        graft_atomic_abort(af);
+        return s;
+    }
+    graft_status s = fsync_dir(af->path);
+    free(af->path);
+    free(af->tmp_path);
+    af->path = af->tmp_path = NULL;
+    return s;
+}
+
+void graft_atomic_abort(graft_atomic_file *af) {
+    if (af->fd >= 0) {
+        close(af->fd);
+        af->fd = -1;
+    }
+    if (af->tmp_path) unlink(af->tmp_path);
+    free(af->path);
+    free(af->tmp_path);
+    af->path = af->tmp_path = NULL;
+}
