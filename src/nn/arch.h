@@ -1,0 +1,25 @@
+/* arch.h — architectures: how a name or spec string becomes a module tree.
+ *
+ * Every architecture family (vgg.c; resnet later) provides a builder that takes the
+ * arch string and returns the root module with torchvision's default head, initialised
+ * (or left zero) as torchvision does, plus the module path of its classification head. */
+#ifndef GRAFT_NN_ARCH_H
+#define GRAFT_NN_ARCH_H
+
+#include <stdbool.h>
+
+#include "core/rng.h"
+#include "nn/module.h"
+
+typedef struct graft_arch_info {
+    const char *head_path; /* "classifier.6" (static string) */
+} graft_arch_info;
+
+/* Returns GRAFT_ERR_NOTFOUND (without touching *root) when arch is not a VGG name/spec. */
+graft_status graft_vgg_build(const char *arch, bool init, graft_rng *rng, graft_module **root,
+                             graft_arch_info *info);
+
+/* Zoo names, NULL-terminated, for listings and error messages. */
+extern const char *const graft_zoo_names[];
+
+#endif
