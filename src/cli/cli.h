@@ -1,0 +1,27 @@
+/* cli.h — shared pieces of the graft command line: error reporting and number parsing.
+ * Only the CLI prints and exits; the library returns statuses. */
+#ifndef GRAFT_CLI_H
+#define GRAFT_CLI_H
+
+#include <stdint.h>
+
+#include "graft/graft.h"
+
+#define CLI_EXIT_USAGE 2
+#define CLI_EXIT_FAILURE 1
+
+/* Prints "graft: <message>" on stderr and returns CLI_EXIT_FAILURE. */
+int cli_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* Prints "graft: <what>: <graft_errmsg()>" and returns CLI_EXIT_FAILURE. */
+int cli_fail_status(const char *what);
+/* Prints a usage error ("graft CMD: ...") and returns CLI_EXIT_USAGE. */
+int cli_usage(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Parses a whole decimal integer in [lo, hi]; 0 on success. */
+int cli_parse_i64(const char *s, int64_t lo, int64_t hi, int64_t *out);
+/* "138,357,544" */
+void cli_format_count(int64_t n, char *buf, unsigned size);
+
+int cmd_show(int argc, char **argv);
+int cmd_forward(int argc, char **argv);
+
+#endif
