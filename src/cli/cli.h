@@ -16,6 +16,9 @@ int cli_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 int cli_fail_status(const char *what);
 /* Prints a usage error ("graft CMD: ...") and returns CLI_EXIT_USAGE. */
 int cli_usage(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* The usage error for the option getopt_long just rejected (unknown, or missing its
+ * argument); returns CLI_EXIT_USAGE. */
+int cli_bad_option(const char *cmd, char **argv, int optind_after);
 /* Parses a whole decimal integer in [lo, hi]; 0 on success. */
 int cli_parse_i64(const char *s, int64_t lo, int64_t hi, int64_t *out);
 /* "138,357,544" */

@@ -32,6 +32,7 @@ int cmd_forward(int argc, char **argv) {
     mo.init = 0; /* every value comes from the weights file */
     int train = 0, c;
     int64_t seed = 0;
+    opterr = 0; /* unknown options are reported by cli_bad_option */
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {
         case 'm': arch = optarg; break;
@@ -48,7 +49,7 @@ int cmd_forward(int argc, char **argv) {
                 return cli_usage("forward", "--seed: '%s' is not a non-negative integer", optarg);
             break;
         case 'h': help(); return 0;
-        default: return CLI_EXIT_USAGE;
+        default: return cli_bad_option("forward", argv, optind);
         }
     }
     if (optind != argc) return cli_usage("forward", "unexpected argument '%s'", argv[optind]);

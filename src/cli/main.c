@@ -38,6 +38,13 @@ int cli_usage(const char *cmd, const char *fmt, ...) {
     return CLI_EXIT_USAGE;
 }
 
+int cli_bad_option(const char *cmd, char **argv, int optind_after) {
+    /* getopt_long has moved past the offending word (an unknown option, or an option
+     * whose value is missing), so it is the previous one. */
+    const char *arg = optind_after > 0 ? argv[optind_after - 1] : "?";
+    return cli_usage(cmd, "unknown option or missing value: '%s'", arg);
+}
+
 int cli_parse_i64(const char *s, int64_t lo, int64_t hi, int64_t *out) {
     char *end;
     errno = 0;

@@ -28,6 +28,7 @@ int cmd_show(int argc, char **argv) {
     mo.init = 0; /* printing needs shapes, not values */
     const char *freeze[MAX_FREEZE];
     int nfreeze = 0, c;
+    opterr = 0; /* unknown options are reported by cli_bad_option */
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {
         case 'n':
@@ -42,7 +43,7 @@ int cmd_show(int argc, char **argv) {
             help();
             return 0;
         default:
-            return CLI_EXIT_USAGE;
+            return cli_bad_option("show", argv, optind);
         }
     }
     if (optind != argc - 1) return cli_usage("show", "expected one architecture name");

@@ -61,9 +61,10 @@ static graft_status conv_geom(graft_module *m, const graft_tensor *x, graft_conv
                              .sh = cfg->sh, .sw = cfg->sw, .ph = cfg->ph, .pw = cfg->pw};
     graft_status s = graft_conv2d_geom_init(g);
     if (s) {
+        char path[256];
+        graft_module_path(m, path, sizeof path);
         shape_of(x, xs);
-        return graft_error_prefix(s, "%s (Conv2d) with input %s",
-                                  m->parent ? m->name : "model", xs);
+        return graft_error_prefix(s, "%s (Conv2d) with input %s", path[0] ? path : "model", xs);
     }
     return GRAFT_OK;
 }
@@ -276,7 +277,11 @@ static graft_status maxpool_geom(graft_module *m, const graft_tensor *x, graft_p
                              .kh = c->k, .kw = c->k, .sh = c->s, .sw = c->s, .ph = c->p, .pw = c->p,
                              .ceil_mode = c->ceil_mode};
     graft_status s = graft_maxpool2d_geom_init(g);
-    if (s) return graft_error_prefix(s, "%s (MaxPool2d) with input %s", m->name, xs);
+    if (s) {
+        char path[256];
+        graft_module_path(m, path, sizeof path);
+        return graft_error_prefix(s, "%s (MaxPool2d) with input %s", path[0] ? path : "model", xs);
+    }
     return GRAFT_OK;
 }
 
