@@ -130,10 +130,18 @@ GRAFT_API const char *graft_tensor_map_get_meta(const graft_tensor_map *m, const
 GRAFT_API size_t graft_tensor_map_meta_size(const graft_tensor_map *m);
 GRAFT_API const char *graft_tensor_map_meta_key(const graft_tensor_map *m, size_t i);
 
-/* safetensors (https://github.com/huggingface/safetensors): F32 and I64 tensors. */
+/* safetensors (https://github.com/huggingface/safetensors), validated as the format's
+ * specification requires.  Reads F64/F32/F16/BF16 as float32 (F64 rounded to nearest,
+ * half types exactly) and every integer dtype and BOOL as int64; F8/F6/F4/C64 are
+ * GRAFT_ERR_UNSUPPORTED.  The file is memory-mapped; tensors are copied out. */
 GRAFT_API graft_status graft_safetensors_load(const char *path, graft_tensor_map **out);
-/* Writes atomically: a temporary file beside path, fsync, rename. */
+/* Writes F32 and I64 tensors and the metadata atomically: a temporary file beside
+ * path, fsync, rename.  No partial file is ever visible at path. */
 GRAFT_API graft_status graft_safetensors_save(const char *path, const graft_tensor_map *m);
+/* The same with float32 tensors stored as float_dtype: "F32" (or NULL), "F16" or
+ * "BF16" (rounded to nearest even, overflow to +-inf, NaN kept); int64 stays I64. */
+GRAFT_API graft_status graft_safetensors_save_dtype(const char *path, const graft_tensor_map *m,
+                                                    const char *float_dtype);
 
 /* ---- models -------------------------------------------------------------- */
 
@@ -217,6 +225,48 @@ GRAFT_API graft_status graft_model_load_safetensors(graft_model *m, const char *
 /* A deep copy of the state dict; free with graft_tensor_map_free. */
 GRAFT_API graft_status graft_model_state_dict(const graft_model *m, graft_tensor_map **out);
 GRAFT_API graft_status graft_model_save_safetensors(const graft_model *m, const char *path);
+
+/* ---- model zoo and pretrained weights ------------------------------------ */
+
+/* Called as bytes arrive; total is 0 when the server did not say. */
+typedef void (*graft_progress_fn)(void *user, uint64_t done_bytes, uint64_t total_bytes);
+
+/* One of torchvision 0.14's pretrained weight files. */
+typedef struct graft_pretrained {
+    const char *arch;          /* "vgg16" */
+    const char *version;       /* torchvision's enum name, "IMAGENET1K_V1" */
+    const char *file;          /* "vgg16-397923af.pth" */
+    const char *sha256_prefix; /* "397923af": the start of the file's SHA-256 */
+    int64_t input_size;        /* the resolution the weights were trained at */
+    int is_default;            /* torchvision's DEFAULT for the architecture */
+} graft_pretrained;
+
+/* Zoo architecture names, NULL-terminated. */
+GRAFT_API const char *const *graft_zoo_names(void);
+GRAFT_API size_t graft_pretrained_count(void);
+GRAFT_API const graft_pretrained *graft_pretrained_at(size_t i);
+/* The weights of arch with a version (case-insensitive "IMAGENET1K_V1", "v1", ...), or
+ * the default when version is NULL or "".  NULL (with the error set) when none. */
+GRAFT_API const graft_pretrained *graft_pretrained_find(const char *arch, const char *version);
+/* https://download.pytorch.org/models/<file>, or <$GRAFT_MODEL_URL_BASE>/<file>. */
+GRAFT_API graft_status graft_pretrained_url(const graft_pretrained *p, char *buf, size_t size);
+/* The weights cache, the first that is set of: $GRAFT_HOME, $TORCH_HOME/hub/checkpoints,
+ * $XDG_CACHE_HOME/torch/hub/checkpoints, ~/.cache/torch/hub/checkpoints — the folder
+ * PyTorch uses, so files downloaded by either are reused by the other. */
+GRAFT_API graft_status graft_cache_dir(char *buf, size_t size);
+
+typedef struct graft_fetch_options {
+    int offline;                /* never touch the network (also when GRAFT_OFFLINE=1) */
+    graft_progress_fn progress; /* may be NULL */
+    void *user;
+} graft_fetch_options;
+
+/* Writes the path of p's file in the cache into path, downloading it first when it is
+ * missing: into a temporary file in the cache folder, checked against the SHA-256
+ * prefix, then renamed into place.  Offline, a missing file is GRAFT_ERR_NOTFOUND with
+ * a message saying which file to put where. */
+GRAFT_API graft_status graft_pretrained_fetch(const graft_pretrained *p, const graft_fetch_options *o,
+                                              char *path, size_t size);
 
 /* ---- loss ---------------------------------------------------------------- */
 

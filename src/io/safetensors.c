@@ -12,8 +12,13 @@
  * A file is treated as hostile: every length and offset is checked against the bytes
  * actually present before anything is allocated or copied, and, as the format
  * requires, the tensors must cover the data buffer exactly (no overlaps, no holes).
- * Only F32 and I64 tensors become graft tensors; other dtypes of the format are
- * recognised (so their sizes are validated) and reported as unsupported. */
+ *
+ * graft's tensors are float32 or int64, so every float dtype (F64, F32, F16, BF16)
+ * loads as float32 and every integer dtype (I64 I32 I16 I8 U64 U32 U16 U8 BOOL) as
+ * int64.  F64 -> float32 rounds to nearest like a C cast; integers convert by value (a U64
+ * above INT64_MAX is refused); BOOL is 0 or 1.  The F8, F6, F4 and C64 dtypes are
+ * recognised (so their sizes are validated) and reported as unsupported.  Writing produces F32
+ * and I64, or F16/BF16 for the float tensors through graft_safetensors_save_dtype. */
 #include <errno.h>
 #include <fcntl.h>
 #include <jansson.h>
@@ -29,6 +34,7 @@
 #include "core/error.h"
 #include "core/tensor.h"
 #include "io/atomic_file.h"
+#include "io/dtype_convert.h"
 
 #define ST_LEN_BYTES 8                   /* the u64 header length that opens the file */
 #define ST_MAX_HEADER_BYTES 100000000ull /* the reference implementation's MAX_HEADER_SIZE */
@@ -36,26 +42,41 @@
 #define ST_METADATA_KEY "__metadata__"
 #define NAME_SHOWN_BYTES 160             /* longest tensor name quoted in an error */
 
+/* How a dtype of the format becomes a graft tensor. */
+typedef enum st_kind {
+    ST_UNSUPPORTED, /* no graft equivalent */
+    ST_F32,         /* float32, copied */
+    ST_I64,         /* int64, copied */
+    ST_F64,         /* -> float32, rounded */
+    ST_F16,         /* -> float32, exact */
+    ST_BF16,        /* -> float32, exact */
+    ST_SINT,        /* signed integer -> int64 */
+    ST_UINT,        /* unsigned integer -> int64 (U64 checked for range) */
+    ST_BOOL         /* -> int64 0 / 1 */
+} st_kind;
+
 /* The dtypes of the format, with their element sizes in bits (F4 and F6 pack). */
 typedef struct st_dtype {
     const char *name;
     unsigned bits;
-    bool supported; /* graft has a tensor dtype for it */
-    graft_dtype dtype;
+    st_kind kind;
 } st_dtype;
 
 static const st_dtype st_dtypes[] = {
-    {"F32", 32, true, GRAFT_F32}, {"I64", 64, true, GRAFT_I64},
-    {"BOOL", 8, false, GRAFT_F32}, {"U8", 8, false, GRAFT_F32},
-    {"I8", 8, false, GRAFT_F32},   {"F8_E5M2", 8, false, GRAFT_F32},
-    {"F8_E4M3", 8, false, GRAFT_F32}, {"F8_E8M0", 8, false, GRAFT_F32},
-    {"I16", 16, false, GRAFT_F32}, {"U16", 16, false, GRAFT_F32},
-    {"F16", 16, false, GRAFT_F32}, {"BF16", 16, false, GRAFT_F32},
-    {"I32", 32, false, GRAFT_F32}, {"U32", 32, false, GRAFT_F32},
-    {"U64", 64, false, GRAFT_F32}, {"F64", 64, false, GRAFT_F32},
-    {"C64", 64, false, GRAFT_F32}, {"F4", 4, false, GRAFT_F32},
-    {"F6_E2M3", 6, false, GRAFT_F32}, {"F6_E3M2", 6, false, GRAFT_F32},
+    {"F64", 64, ST_F64},   {"F32", 32, ST_F32},   {"F16", 16, ST_F16},   {"BF16", 16, ST_BF16},
+    {"I64", 64, ST_I64},   {"I32", 32, ST_SINT},  {"I16", 16, ST_SINT},  {"I8", 8, ST_SINT},
+    {"U64", 64, ST_UINT},  {"U32", 32, ST_UINT},  {"U16", 16, ST_UINT},  {"U8", 8, ST_UINT},
+    {"BOOL", 8, ST_BOOL},
+    {"F8_E5M2", 8, ST_UNSUPPORTED}, {"F8_E4M3", 8, ST_UNSUPPORTED},
+    {"F8_E8M0", 8, ST_UNSUPPORTED}, {"C64", 64, ST_UNSUPPORTED},
+    {"F4", 4, ST_UNSUPPORTED},      {"F6_E2M3", 6, ST_UNSUPPORTED},
+    {"F6_E3M2", 6, ST_UNSUPPORTED},
 };
+
+/* The graft dtype a supported kind loads as. */
+static graft_dtype kind_dtype(st_kind k) {
+    return k == ST_F32 || k == ST_F64 || k == ST_F16 || k == ST_BF16 ? GRAFT_F32 : GRAFT_I64;
+}
 
 static const st_dtype *find_dtype(const char *name) {
     for (size_t i = 0; i < sizeof st_dtypes / sizeof st_dtypes[0]; i++)
@@ -63,7 +84,19 @@ static const st_dtype *find_dtype(const char *name) {
     return NULL;
 }
 
-static const char *dtype_name(graft_dtype d) { return d == GRAFT_I64 ? "I64" : "F32"; }
+/* How float32 tensors are written: the dtype name, bytes per element, and the
+ * encoder from float32 (NULL: the float32 bytes themselves). */
+typedef struct st_float_out {
+    const char *name;
+    size_t bytes;
+    void (*encode)(const float *src, unsigned char *dst, size_t n);
+} st_float_out;
+
+static const st_float_out float_outs[] = {
+    {"F32", 4, NULL},
+    {"F16", 2, graft_f32_to_f16le},
+    {"BF16", 2, graft_f32_to_bf16le},
+};
 
 /* ---- byte order ------------------------------------------------------------ */
 
@@ -330,6 +363,39 @@ static graft_status check_coverage(const char *path, st_entry *entries, size_t n
     return s;
 }
 
+/* Fills t (created with e's shape and graft dtype) from the tensor's bytes in the file. */
+static graft_status convert_entry(const char *path, const st_entry *e, const unsigned char *src,
+                                  graft_tensor *t) {
+    size_t nbytes = (size_t)(e->end - e->begin);
+    size_t numel = (size_t)graft_tensor_numel(t);
+    if (numel == 0) return GRAFT_OK;
+    switch (e->dtype->kind) {
+    case ST_F32:
+    case ST_I64:
+        memcpy(t->data, src, nbytes);
+        if (host_is_big_endian()) swap_elements(t->data, nbytes, graft_dtype_size(t->dtype));
+        return GRAFT_OK;
+    case ST_F64: graft_f64le_to_f32(src, t->data, numel); return GRAFT_OK;
+    case ST_F16: graft_f16le_to_f32(src, t->data, numel); return GRAFT_OK;
+    case ST_BF16: graft_bf16le_to_f32(src, t->data, numel); return GRAFT_OK;
+    case ST_BOOL: graft_bool_to_i64(src, t->data, numel); return GRAFT_OK;
+    case ST_SINT:
+    case ST_UINT: {
+        size_t bytes = e->dtype->bits / 8;
+        size_t bad = graft_intle_to_i64(src, bytes, e->dtype->kind == ST_SINT, t->data, numel);
+        if (bad == numel) return GRAFT_OK;
+        char nb[NAME_SHOWN_BYTES];
+        unsigned long long v = 0;
+        for (size_t b = bytes; b-- > 0;) v = v << 8 | src[bad * bytes + b];
+        return graft_error(GRAFT_ERR_UNSUPPORTED,
+                           "%s: tensor '%s' of %s holds %llu at element %zu, beyond int64", path,
+                           shown(e->name, nb), e->dtype->name, v, bad);
+    }
+    case ST_UNSUPPORTED: break;
+    }
+    return graft_error(GRAFT_ERR_UNSUPPORTED, "%s: dtype %s", path, e->dtype->name);
+}
+
 static graft_status parse_file(const char *path, const unsigned char *bytes, size_t size,
                                graft_tensor_map *m) {
     char nb[NAME_SHOWN_BYTES];
@@ -381,10 +447,11 @@ static graft_status parse_file(const char *path, const unsigned char *bytes, siz
     /* The file is well formed; now see whether graft can hold every tensor. */
     for (size_t i = 0; i < n; i++) {
         const st_entry *e = &entries[i];
-        if (!e->dtype->supported) {
+        if (e->dtype->kind == ST_UNSUPPORTED) {
             s = graft_error(GRAFT_ERR_UNSUPPORTED,
-                            "%s: tensor '%s' has dtype %s; graft reads only F32 and I64", path,
-                            shown(e->name, nb), e->dtype->name);
+                            "%s: tensor '%s' has dtype %s; graft reads F64, F32, F16, BF16, "
+                            "integer and BOOL tensors",
+                            path, shown(e->name, nb), e->dtype->name);
             goto done;
         }
         if (e->ndim > GRAFT_MAX_DIMS) {
@@ -395,18 +462,19 @@ static graft_status parse_file(const char *path, const unsigned char *bytes, siz
         }
     }
 
-    bool swap = host_is_big_endian();
     for (size_t i = 0; i < n; i++) {
         const st_entry *e = &entries[i];
         graft_tensor *t;
-        s = graft_tensor_create(e->dtype->dtype, e->ndim, e->shape, &t);
+        s = graft_tensor_create(kind_dtype(e->dtype->kind), e->ndim, e->shape, &t);
         if (s) {
             graft_error_prefix(s, "%s: tensor '%s'", path, shown(e->name, nb));
             goto done;
         }
-        size_t nbytes = (size_t)(e->end - e->begin);
-        if (nbytes) memcpy(t->data, data + e->begin, nbytes);
-        if (swap) swap_elements(t->data, nbytes, graft_dtype_size(t->dtype));
+        s = convert_entry(path, e, data + e->begin, t);
+        if (s) {
+            graft_tensor_free(t);
+            goto done;
+        }
         s = graft_tensor_map_put(m, e->name, t);
         if (s) goto done;
     }
@@ -438,8 +506,15 @@ graft_status graft_safetensors_load(const char *path, graft_tensor_map **out) {
 
 /* ---- writing ----------------------------------------------------------------- */
 
+/* The bytes tensor t takes in the file when float32 tensors are written as fo. */
+static size_t stored_bytes(const graft_tensor *t, const st_float_out *fo) {
+    if (t->dtype != GRAFT_F32) return graft_tensor_nbytes(t);
+    return (size_t)graft_tensor_numel(t) * fo->bytes;
+}
+
 /* The header JSON for m, data offsets assigned in map order; newly allocated (free()). */
-static graft_status build_header(const char *path, const graft_tensor_map *m, char **out) {
+static graft_status build_header(const char *path, const graft_tensor_map *m,
+                                 const st_float_out *fo, char **out) {
     char nb[NAME_SHOWN_BYTES];
     graft_status s = GRAFT_OK;
     *out = NULL;
@@ -474,14 +549,15 @@ static graft_status build_header(const char *path, const graft_tensor_map *m, ch
                             path, name);
             goto done;
         }
-        size_t nbytes = graft_tensor_nbytes(t);
+        size_t nbytes = stored_bytes(t, fo);
+        const char *dtype = t->dtype == GRAFT_F32 ? fo->name : "I64";
         json_t *entry = json_object(), *shape = json_array(), *offs = json_array();
         bool ok = entry && shape && offs;
         for (int d = 0; ok && d < t->ndim; d++)
             ok = json_array_append_new(shape, json_integer(t->shape[d])) == 0;
         ok = ok && json_array_append_new(offs, json_integer((json_int_t)offset)) == 0 &&
              json_array_append_new(offs, json_integer((json_int_t)(offset + nbytes))) == 0 &&
-             json_object_set_new(entry, "dtype", json_string(dtype_name(t->dtype))) == 0 &&
+             json_object_set_new(entry, "dtype", json_string(dtype)) == 0 &&
              json_object_set(entry, "shape", shape) == 0 &&
              json_object_set(entry, "data_offsets", offs) == 0;
         json_decref(shape);
@@ -506,11 +582,26 @@ done:
     return s;
 }
 
-/* Writes a tensor's bytes little-endian, through a bounce buffer on big-endian hosts. */
-static graft_status write_tensor_data(graft_atomic_file *af, const graft_tensor *t) {
+/* Writes a tensor's bytes little-endian, through a bounce buffer on big-endian hosts
+ * or when float32 is encoded as fo. */
+static graft_status write_tensor_data(graft_atomic_file *af, const graft_tensor *t,
+                                      const st_float_out *fo) {
     size_t nbytes = graft_tensor_nbytes(t);
-    if (!host_is_big_endian()) return graft_atomic_write(af, t->data, nbytes);
     unsigned char buf[1 << 16]; /* a multiple of every element size */
+    if (t->dtype == GRAFT_F32 && fo->encode) {
+        const size_t chunk = sizeof buf / fo->bytes;
+        const float *src = t->data;
+        size_t numel = (size_t)graft_tensor_numel(t);
+        for (size_t done = 0; done < numel;) {
+            size_t k = numel - done < chunk ? numel - done : chunk;
+            fo->encode(src + done, buf, k);
+            graft_status s = graft_atomic_write(af, buf, k * fo->bytes);
+            if (s) return s;
+            done += k;
+        }
+        return GRAFT_OK;
+    }
+    if (!host_is_big_endian()) return graft_atomic_write(af, t->data, nbytes);
     const unsigned char *p = t->data;
     for (size_t done = 0; done < nbytes;) {
         size_t n = nbytes - done < sizeof buf ? nbytes - done : sizeof buf;
@@ -524,7 +615,22 @@ static graft_status write_tensor_data(graft_atomic_file *af, const graft_tensor 
 }
 
 graft_status graft_safetensors_save(const char *path, const graft_tensor_map *m) {
+    return graft_safetensors_save_dtype(path, m, "F32");
+}
+
+graft_status graft_safetensors_save_dtype(const char *path, const graft_tensor_map *m,
+                                          const char *float_dtype) {
     if (!path || !m) return graft_error(GRAFT_ERR_INVALID, "safetensors save: NULL path or map");
+    const st_float_out *fo = NULL;
+    for (size_t i = 0; i < sizeof float_outs / sizeof float_outs[0]; i++)
+        if (strcmp(float_outs[i].name, float_dtype ? float_dtype : "F32") == 0)
+            fo = &float_outs[i];
+    if (!fo) {
+        char db[NAME_SHOWN_BYTES];
+        return graft_error(GRAFT_ERR_INVALID,
+                           "%s: cannot write float tensors as '%s'; use F32, F16 or BF16", path,
+                           shown(float_dtype, db));
+    }
     for (size_t i = 0; i < graft_tensor_map_size(m); i++) {
         const graft_tensor *t = graft_tensor_map_tensor(m, i);
         if ((t->dtype != GRAFT_F32 && t->dtype != GRAFT_I64) ||
@@ -534,7 +640,7 @@ graft_status graft_safetensors_save(const char *path, const graft_tensor_map *m)
     }
 
     char *header;
-    graft_status s = build_header(path, m, &header);
+    graft_status s = build_header(path, m, fo, &header);
     if (s) return s;
     /* Trailing spaces are allowed by the format; they put the data on an 8-byte boundary
      * (the length field is 8 bytes, so the header length must be a multiple of 8). */
@@ -550,7 +656,7 @@ graft_status graft_safetensors_save(const char *path, const graft_tensor_map *m)
     if (!s) s = graft_atomic_write(&af, header, json_len);
     if (!s) s = graft_atomic_write(&af, prefix + ST_LEN_BYTES, hlen - json_len);
     for (size_t i = 0; !s && i < graft_tensor_map_size(m); i++)
-        s = write_tensor_data(&af, graft_tensor_map_tensor(m, i));
+        s = write_tensor_data(&af, graft_tensor_map_tensor(m, i), fo);
     free(header);
     if (s) {
         graft_atomic_abort(&af);

@@ -13,6 +13,8 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <float.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,6 +24,7 @@
 #include "core/tensor.h"
 #include "graft/graft.h"
 #include "io/atomic_file.h"
+#include "io/dtype_convert.h"
 
 #define PATH_BYTES 4096
 
@@ -536,22 +539,235 @@ static void control_characters_in_names_do_not_break_the_message_line(void **sta
 static void a_valid_but_unsupported_dtype_names_it_and_the_tensor(void **state) {
     (void)state;
     char path[PATH_BYTES];
-    scratch_path(path, "f16.safetensors");
+    scratch_path(path, "f8.safetensors");
     write_st(path,
              "{\"ok\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]},"
-             "\"half\":{\"dtype\":\"F16\",\"shape\":[3],\"data_offsets\":[4,10]}}",
-             zeros, 10);
-    expect_load_error(path, GRAFT_ERR_UNSUPPORTED, "tensor 'half' has dtype F16");
-    write_st(path, "{\"b\":{\"dtype\":\"BF16\",\"shape\":[2],\"data_offsets\":[0,4]}}", zeros, 4);
-    expect_load_error(path, GRAFT_ERR_UNSUPPORTED, "tensor 'b' has dtype BF16");
+             "\"q\":{\"dtype\":\"F8_E4M3\",\"shape\":[3],\"data_offsets\":[4,7]}}",
+             zeros, 7);
+    expect_load_error(path, GRAFT_ERR_UNSUPPORTED, "tensor 'q' has dtype F8_E4M3");
+    write_st(path, "{\"c\":{\"dtype\":\"C64\",\"shape\":[2],\"data_offsets\":[0,16]}}", zeros, 16);
+    expect_load_error(path, GRAFT_ERR_UNSUPPORTED, "tensor 'c' has dtype C64");
+    write_st(path, "{\"p\":{\"dtype\":\"F4\",\"shape\":[4],\"data_offsets\":[0,2]}}", zeros, 2);
+    expect_load_error(path, GRAFT_ERR_UNSUPPORTED, "tensor 'p' has dtype F4");
     unlink(path);
 }
 
-static void an_unsupported_dtype_is_still_checked_for_size(void **state) {
+static void every_dtype_is_checked_for_size(void **state) {
     (void)state;
-    /* F64 [2] needs 16 bytes: a malformed file stays a format error whatever its dtype. */
+    /* A malformed file stays a format error whatever its dtype, converted or not. */
     expect_format_error("{\"d\":{\"dtype\":\"F64\",\"shape\":[2],\"data_offsets\":[0,8]}}", zeros, 8,
                         "tensor 'd' has 8 bytes but F64 with shape [2] needs 16");
+    expect_format_error("{\"h\":{\"dtype\":\"F16\",\"shape\":[3],\"data_offsets\":[0,8]}}", zeros, 8,
+                        "tensor 'h' has 8 bytes but F16 with shape [3] needs 6");
+    expect_format_error("{\"b\":{\"dtype\":\"BF16\",\"shape\":[1],\"data_offsets\":[0,1]}}", zeros,
+                        1, "tensor 'b' has 1 bytes but BF16 with shape [1] needs 2");
+    expect_format_error("{\"i\":{\"dtype\":\"I32\",\"shape\":[2],\"data_offsets\":[0,4]}}", zeros, 4,
+                        "needs 8");
+    expect_format_error("{\"u\":{\"dtype\":\"U8\",\"shape\":[2,2],\"data_offsets\":[0,3]}}", zeros, 3,
+                        "needs 4");
+    expect_format_error("{\"q\":{\"dtype\":\"F8_E5M2\",\"shape\":[2],\"data_offsets\":[0,3]}}", zeros,
+                        3, "needs 2");
+    expect_format_error("{\"p\":{\"dtype\":\"F4\",\"shape\":[3],\"data_offsets\":[0,2]}}", zeros, 2,
+                        "does not fill whole bytes");
+    /* Coverage is checked with the converted dtypes' sizes too. */
+    expect_format_error("{\"a\":{\"dtype\":\"F16\",\"shape\":[2],\"data_offsets\":[0,4]},"
+                        "\"b\":{\"dtype\":\"I8\",\"shape\":[2],\"data_offsets\":[3,5]}}",
+                        zeros, 5, "tensor 'b' data_offsets [3, 5] overlap tensor 'a'");
+}
+
+/* ---- reading every dtype --------------------------------------------------- */
+
+static void put_u16_le(unsigned char *p, uint16_t v) {
+    p[0] = (unsigned char)v;
+    p[1] = (unsigned char)(v >> 8);
+}
+
+static void put_f64_le(unsigned char *p, double v) {
+    uint64_t u;
+    memcpy(&u, &v, 8);
+    put_i64_le(p, (int64_t)u);
+}
+
+static uint32_t f32_bits(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return u;
+}
+
+/* Loads a file of one tensor "t" of dtype with the given data, which must succeed. */
+static graft_tensor_map *load_one(const char *dtype, const char *shape, const void *data,
+                                  size_t bytes) {
+    char path[PATH_BYTES], header[256];
+    scratch_path(path, "one.safetensors");
+    snprintf(header, sizeof header,
+             "{\"t\":{\"dtype\":\"%s\",\"shape\":%s,\"data_offsets\":[0,%zu]}}", dtype, shape,
+             bytes);
+    write_st(path, header, data, bytes);
+    graft_tensor_map *m;
+    if (graft_safetensors_load(path, &m) != GRAFT_OK)
+        fail_msg("loading %s %s: %s", dtype, shape, graft_errmsg());
+    unlink(path);
+    return m;
+}
+
+static void reads_f16_exactly_with_subnormals_infinities_and_nan(void **state) {
+    (void)state;
+    const uint16_t h[10] = {0x3c00, 0xc000, 0x0001, 0x03ff, 0x0400,
+                            0x7bff, 0x7c00, 0xfc00, 0x7e00, 0x8000};
+    unsigned char data[20];
+    for (int i = 0; i < 10; i++) put_u16_le(data + 2 * i, h[i]);
+    graft_tensor_map *m = load_one("F16", "[2,5]", data, sizeof data);
+    graft_tensor *t = graft_tensor_map_get(m, "t");
+    assert_int_equal(graft_tensor_dtype(t), GRAFT_F32);
+    assert_int_equal(graft_tensor_dim(t, 0), 2);
+    assert_int_equal(graft_tensor_dim(t, 1), 5);
+    const float *f = graft_tensor_f32(t);
+    assert_true(f[0] == 1.0f);
+    assert_true(f[1] == -2.0f);
+    assert_true(f[2] == 0x1p-24f);         /* smallest subnormal */
+    assert_true(f[3] == 1023 * 0x1p-24f);  /* largest subnormal */
+    assert_true(f[4] == 0x1p-14f);
+    assert_true(f[5] == 65504.0f);
+    assert_true(f[6] == INFINITY);
+    assert_true(f[7] == -INFINITY);
+    assert_int_equal(f32_bits(f[8]), 0x7fc00000u); /* NaN */
+    assert_int_equal(f32_bits(f[9]), 0x80000000u); /* -0 */
+    graft_tensor_map_free(m);
+}
+
+static void reads_bf16_exactly(void **state) {
+    (void)state;
+    const uint16_t b[6] = {0x3f80, 0x4049, 0x0001, 0xff80, 0x7fc0, 0xc2f7};
+    unsigned char data[12];
+    for (int i = 0; i < 6; i++) put_u16_le(data + 2 * i, b[i]);
+    graft_tensor_map *m = load_one("BF16", "[6]", data, sizeof data);
+    const float *f = graft_tensor_f32(graft_tensor_map_get(m, "t"));
+    assert_true(f[0] == 1.0f);
+    assert_true(f[1] == 3.140625f);
+    assert_true(f[2] == 0x1p-133f); /* subnormal */
+    assert_true(f[3] == -INFINITY);
+    assert_int_equal(f32_bits(f[4]), 0x7fc00000u);
+    assert_true(f[5] == -123.5f);
+    graft_tensor_map_free(m);
+}
+
+static void reads_f64_rounding_to_nearest_even(void **state) {
+    (void)state;
+    const double d[8] = {0.1, 1.0 + 0x1p-24, 1.0 + 0x3p-24, 1e300, -1e-300,
+                         0x1.0000000000001p-150, 0x1.ffffffp127, NAN};
+    unsigned char data[64];
+    for (int i = 0; i < 8; i++) put_f64_le(data + 8 * i, d[i]);
+    graft_tensor_map *m = load_one("F64", "[8]", data, sizeof data);
+    const float *f = graft_tensor_f32(graft_tensor_map_get(m, "t"));
+    assert_int_equal(f32_bits(f[0]), 0x3dcccccdu);
+    assert_true(f[1] == 1.0f);             /* tie, down to even */
+    assert_true(f[2] == 1.0f + 0x1p-22f);  /* tie, up to even */
+    assert_true(f[3] == INFINITY);
+    assert_int_equal(f32_bits(f[4]), 0x80000000u);
+    assert_true(f[5] == 0x1p-149f);
+    assert_true(f[6] == INFINITY);         /* half an ulp past FLT_MAX */
+    assert_true(isnan(f[7]));
+    graft_tensor_map_free(m);
+}
+
+static void reads_every_integer_dtype_as_int64(void **state) {
+    (void)state;
+    unsigned char d[64];
+    graft_tensor_map *m;
+    const int64_t *v;
+
+    for (int i = 0; i < 3; i++) {
+        const int32_t x[3] = {-1, INT32_MAX, INT32_MIN};
+        for (int k = 0; k < 4; k++) d[4 * i + k] = (unsigned char)((uint32_t)x[i] >> (8 * k));
+    }
+    m = load_one("I32", "[3]", d, 12);
+    v = graft_tensor_i64(graft_tensor_map_get(m, "t"));
+    assert_non_null(v);
+    assert_true(v[0] == -1 && v[1] == INT32_MAX && v[2] == INT32_MIN);
+    graft_tensor_map_free(m);
+
+    put_u16_le(d, 0x8000);
+    put_u16_le(d + 2, 7);
+    m = load_one("I16", "[2]", d, 4);
+    v = graft_tensor_i64(graft_tensor_map_get(m, "t"));
+    assert_true(v[0] == -32768 && v[1] == 7);
+    graft_tensor_map_free(m);
+    m = load_one("U16", "[2]", d, 4);
+    v = graft_tensor_i64(graft_tensor_map_get(m, "t"));
+    assert_true(v[0] == 32768 && v[1] == 7);
+    graft_tensor_map_free(m);
+
+    const unsigned char bytes[4] = {0xff, 0x7f, 0x80, 0x03};
+    m = load_one("I8", "[2,2]", bytes, 4);
+    v = graft_tensor_i64(graft_tensor_map_get(m, "t"));
+    assert_true(v[0] == -1 && v[1] == 127 && v[2] == -128 && v[3] == 3);
+    graft_tensor_map_free(m);
+    m = load_one("U8", "[4]", bytes, 4);
+    v = graft_tensor_i64(graft_tensor_map_get(m, "t"));
+    assert_true(v[0] == 255 && v[1] == 127 && v[2] == 128 && v[3] == 3);
+    graft_tensor_map_free(m);
+
+    const unsigned char flags[4] = {0, 1, 1, 0};
+    m = load_one("BOOL", "[4]", flags, 4);
+    v = graft_tensor_i64(graft_tensor_map_get(m, "t"));
+    assert_true(v[0] == 0 && v[1] == 1 && v[2] == 1 && v[3] == 0);
+    graft_tensor_map_free(m);
+
+    for (int k = 0; k < 4; k++) d[k] = 0xff;
+    m = load_one("U32", "[]", d, 4);
+    assert_true(graft_tensor_i64(graft_tensor_map_get(m, "t"))[0] == 4294967295LL);
+    graft_tensor_map_free(m);
+
+    put_i64_le(d, INT64_MAX);
+    m = load_one("U64", "[1]", d, 8);
+    assert_true(graft_tensor_i64(graft_tensor_map_get(m, "t"))[0] == INT64_MAX);
+    graft_tensor_map_free(m);
+}
+
+static void a_u64_beyond_int64_is_unsupported(void **state) {
+    (void)state;
+    char path[PATH_BYTES];
+    scratch_path(path, "u64.safetensors");
+    unsigned char d[16];
+    put_i64_le(d, 5);
+    put_i64_le(d + 8, -1); /* 2^64 - 1 */
+    write_st(path, "{\"big\":{\"dtype\":\"U64\",\"shape\":[2],\"data_offsets\":[0,16]}}", d, 16);
+    expect_load_error(path, GRAFT_ERR_UNSUPPORTED,
+                      "tensor 'big' of U64 holds 18446744073709551615 at element 1, beyond int64");
+    unlink(path);
+}
+
+static void reads_a_file_mixing_dtypes_and_empty_tensors(void **state) {
+    (void)state;
+    char path[PATH_BYTES];
+    scratch_path(path, "mixed.safetensors");
+    unsigned char d[2 + 2 + 8 + 1];
+    put_u16_le(d, 0x3800);     /* F16 0.5 */
+    put_u16_le(d + 2, 0xbf80); /* BF16 -1 */
+    put_f64_le(d + 4, 2.25);
+    d[12] = 200; /* U8 */
+    write_st(path,
+             "{\"u\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[12,13]},"
+             "\"h\":{\"dtype\":\"F16\",\"shape\":[],\"data_offsets\":[0,2]},"
+             "\"e\":{\"dtype\":\"F16\",\"shape\":[0,4],\"data_offsets\":[2,2]},"
+             "\"z\":{\"dtype\":\"BOOL\",\"shape\":[0],\"data_offsets\":[13,13]},"
+             "\"b\":{\"dtype\":\"BF16\",\"shape\":[1,1],\"data_offsets\":[2,4]},"
+             "\"d\":{\"dtype\":\"F64\",\"shape\":[1],\"data_offsets\":[4,12]}}",
+             d, sizeof d);
+    graft_tensor_map *m;
+    assert_int_equal(graft_safetensors_load(path, &m), GRAFT_OK);
+    assert_int_equal(graft_tensor_map_size(m), 6);
+    assert_string_equal(graft_tensor_map_name(m, 0), "u");
+    assert_true(graft_tensor_i64(graft_tensor_map_get(m, "u"))[0] == 200);
+    assert_true(graft_tensor_f32(graft_tensor_map_get(m, "h"))[0] == 0.5f);
+    assert_int_equal(graft_tensor_ndim(graft_tensor_map_get(m, "h")), 0);
+    assert_int_equal(graft_tensor_numel(graft_tensor_map_get(m, "e")), 0);
+    assert_int_equal(graft_tensor_dtype(graft_tensor_map_get(m, "e")), GRAFT_F32);
+    assert_int_equal(graft_tensor_dtype(graft_tensor_map_get(m, "z")), GRAFT_I64);
+    assert_true(graft_tensor_f32(graft_tensor_map_get(m, "b"))[0] == -1.0f);
+    assert_true(graft_tensor_f32(graft_tensor_map_get(m, "d"))[0] == 2.25f);
+    graft_tensor_map_free(m);
+    unlink(path);
 }
 
 static void more_than_8_dimensions_are_unsupported(void **state) {
@@ -660,6 +876,176 @@ static void a_tensor_named_metadata_cannot_be_saved(void **state) {
     graft_tensor_map_free(m);
 }
 
+/* ---- writing F16 / BF16 ---------------------------------------------------- */
+
+/* A map with a float tensor of these values and an int64 counter. */
+static graft_tensor_map *values_map(const float *vals, int64_t n) {
+    graft_tensor_map *m;
+    assert_int_equal(graft_tensor_map_create(&m), GRAFT_OK);
+    graft_tensor *t;
+    assert_int_equal(graft_tensor_create(GRAFT_F32, 1, &n, &t), GRAFT_OK);
+    if (n) memcpy(graft_tensor_f32(t), vals, (size_t)n * sizeof *vals);
+    assert_int_equal(graft_tensor_map_put(m, "w", t), GRAFT_OK);
+    assert_int_equal(graft_tensor_map_put(m, "n", i64_tensor(0, NULL, -9)), GRAFT_OK);
+    return m;
+}
+
+static void saves_f16_with_the_expected_header_and_bytes(void **state) {
+    (void)state;
+    char path[PATH_BYTES];
+    scratch_path(path, "f16out.safetensors");
+    const float v[3] = {1.0f, -2.0f, 0x1p-24f};
+    graft_tensor_map *m = values_map(v, 3);
+    assert_int_equal(graft_tensor_map_set_meta(m, "format", "pt"), GRAFT_OK);
+    assert_int_equal(graft_safetensors_save_dtype(path, m, "F16"), GRAFT_OK);
+    size_t n;
+    unsigned char *b = read_bytes(path, &n);
+    uint64_t hlen = 0;
+    for (int i = 7; i >= 0; i--) hlen = hlen << 8 | b[i];
+    assert_int_equal(hlen % 8, 0);
+    assert_int_equal(n, 8 + hlen + 3 * 2 + 8);
+    const char *expect = "{\"__metadata__\":{\"format\":\"pt\"},"
+                         "\"w\":{\"dtype\":\"F16\",\"shape\":[3],\"data_offsets\":[0,6]},"
+                         "\"n\":{\"dtype\":\"I64\",\"shape\":[],\"data_offsets\":[6,14]}}";
+    assert_memory_equal(b + 8, expect, strlen(expect));
+    const unsigned char data[14] = {0x00, 0x3c, 0x00, 0xc0, 0x01, 0x00,
+                                    0xf7, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff};
+    assert_memory_equal(b + 8 + hlen, data, sizeof data);
+    free(b);
+    graft_tensor_map_free(m);
+}
+
+static void saves_bf16_with_the_expected_bytes(void **state) {
+    (void)state;
+    char path[PATH_BYTES];
+    scratch_path(path, "bf16out.safetensors");
+    const float v[4] = {1.0f, 0.1f, FLT_MAX, -3.0f};
+    graft_tensor_map *m = values_map(v, 4);
+    assert_int_equal(graft_safetensors_save_dtype(path, m, "BF16"), GRAFT_OK);
+    size_t n;
+    unsigned char *b = read_bytes(path, &n);
+    uint64_t hlen = 0;
+    for (int i = 7; i >= 0; i--) hlen = hlen << 8 | b[i];
+    assert_non_null(strstr((const char *)b + 8, "\"w\":{\"dtype\":\"BF16\",\"shape\":[4],"
+                                                "\"data_offsets\":[0,8]}"));
+    /* 0x3f80, 0x3dcd (0x3dcccccd rounds up), FLT_MAX rounds to inf 0x7f80, 0xc040 */
+    const unsigned char data[8] = {0x80, 0x3f, 0xcd, 0x3d, 0x80, 0x7f, 0x40, 0xc0};
+    assert_int_equal(n, 8 + hlen + 8 + 8);
+    assert_memory_equal(b + 8 + hlen, data, sizeof data);
+    free(b);
+    graft_tensor_map_free(m);
+}
+
+/* Saving as dtype and loading back gives each value rounded once to that type. */
+static void round_trip(const char *dtype, uint16_t (*narrow)(float), float (*widen)(uint16_t)) {
+    char path[PATH_BYTES];
+    scratch_path(path, "rt.safetensors");
+    /* Past the writer's 64 KiB bounce buffer, with specials and random-ish values. */
+    enum { N = 70001 };
+    float *v = malloc(N * sizeof *v);
+    const float special[] = {0.0f, -0.0f, 1.0f, 0.1f, 65504.0f, 65520.0f, 1e6f, -1e30f,
+                             FLT_MAX, 0x1p-24f, 0x1p-25f, 0x1p-133f, 0x1p-149f, INFINITY,
+                             -INFINITY, NAN, 1.0f + 0x1p-11f, 1.0f + 0x1p-8f};
+    size_t ns = sizeof special / sizeof special[0];
+    uint32_t x = 12345;
+    for (size_t i = 0; i < N; i++) {
+        if (i < ns) {
+            v[i] = special[i];
+            continue;
+        }
+        x = x * 1664525u + 1013904223u;
+        v[i] = ((float)(x >> 8) / 16777216.0f - 0.5f) * (float)(1u << (x % 24));
+    }
+    graft_tensor_map *m = values_map(v, N), *back;
+    assert_int_equal(graft_safetensors_save_dtype(path, m, dtype), GRAFT_OK);
+    assert_int_equal(graft_safetensors_load(path, &back), GRAFT_OK);
+    const graft_tensor *w = graft_tensor_map_get(back, "w");
+    assert_int_equal(graft_tensor_dtype(w), GRAFT_F32);
+    assert_int_equal(graft_tensor_numel(w), N);
+    const float *got = graft_tensor_f32_const(w);
+    for (size_t i = 0; i < N; i++) {
+        float want = widen(narrow(v[i]));
+        if (isnan(v[i]) ? !isnan(got[i]) : f32_bits(got[i]) != f32_bits(want))
+            fail_msg("%s: %a came back as %a, want %a", dtype, (double)v[i], (double)got[i],
+                     (double)want);
+    }
+    assert_true(graft_tensor_i64(graft_tensor_map_get(back, "n"))[0] == -9);
+    /* Loading and saving again in the same dtype changes nothing. */
+    assert_int_equal(graft_safetensors_save_dtype(path, back, dtype), GRAFT_OK);
+    graft_tensor_map *again;
+    assert_int_equal(graft_safetensors_load(path, &again), GRAFT_OK);
+    assert_memory_equal(graft_tensor_f32_const(graft_tensor_map_get(again, "w")), got,
+                        N * sizeof(float));
+    graft_tensor_map_free(again);
+    graft_tensor_map_free(back);
+    graft_tensor_map_free(m);
+    free(v);
+    unlink(path);
+}
+
+static void f16_round_trip_rounds_each_value_once(void **state) {
+    (void)state;
+    round_trip("F16", graft_f32_to_f16, graft_f16_to_f32);
+    /* Spot values independent of the converters. */
+    char path[PATH_BYTES];
+    scratch_path(path, "spot16.safetensors");
+    const float v[5] = {0.1f, 65520.0f, 1.0f + 0x1p-11f, 0x1p-25f, 0x1.8p-24f};
+    graft_tensor_map *m = values_map(v, 5), *back;
+    assert_int_equal(graft_safetensors_save_dtype(path, m, "F16"), GRAFT_OK);
+    assert_int_equal(graft_safetensors_load(path, &back), GRAFT_OK);
+    const float *f = graft_tensor_f32(graft_tensor_map_get(back, "w"));
+    assert_true(f[0] == 0.0999755859375f);
+    assert_true(f[1] == INFINITY);
+    assert_true(f[2] == 1.0f);
+    assert_true(f[3] == 0.0f);
+    assert_true(f[4] == 0x1p-23f);
+    graft_tensor_map_free(back);
+    graft_tensor_map_free(m);
+}
+
+static void bf16_round_trip_rounds_each_value_once(void **state) {
+    (void)state;
+    round_trip("BF16", graft_f32_to_bf16, graft_bf16_to_f32);
+}
+
+static void save_dtype_f32_and_null_match_the_plain_save(void **state) {
+    (void)state;
+    char a[PATH_BYTES], b[PATH_BYTES], c[PATH_BYTES];
+    scratch_path(a, "plain.safetensors");
+    scratch_path(b, "f32.safetensors");
+    scratch_path(c, "null.safetensors");
+    graft_tensor_map *m = small_map(3);
+    assert_int_equal(graft_safetensors_save(a, m), GRAFT_OK);
+    assert_int_equal(graft_safetensors_save_dtype(b, m, "F32"), GRAFT_OK);
+    assert_int_equal(graft_safetensors_save_dtype(c, m, NULL), GRAFT_OK);
+    size_t na, nb, nc;
+    unsigned char *ba = read_bytes(a, &na), *bb = read_bytes(b, &nb), *bc = read_bytes(c, &nc);
+    assert_int_equal(na, nb);
+    assert_int_equal(na, nc);
+    assert_memory_equal(ba, bb, na);
+    assert_memory_equal(ba, bc, na);
+    free(ba);
+    free(bb);
+    free(bc);
+    graft_tensor_map_free(m);
+}
+
+static void save_dtype_rejects_other_dtypes(void **state) {
+    (void)state;
+    char path[PATH_BYTES];
+    scratch_path(path, "bad_dtype.safetensors");
+    graft_tensor_map *m = small_map(0);
+    const char *bad[] = {"F64", "f16", "I64", ""};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        assert_int_equal(graft_safetensors_save_dtype(path, m, bad[i]), GRAFT_ERR_INVALID);
+        assert_non_null(strstr(graft_errmsg(), path));
+        assert_non_null(strstr(graft_errmsg(), "use F32, F16 or BF16"));
+    }
+    assert_int_equal(access(path, F_OK), -1);
+    assert_int_equal(scratch_entries_containing(".tmp."), 0);
+    graft_tensor_map_free(m);
+}
+
 /* ---- the atomic writer ----------------------------------------------------- */
 
 static void atomic_file_leaves_the_target_alone_until_commit(void **state) {
@@ -755,13 +1141,25 @@ int main(void) {
         cmocka_unit_test(an_empty_tensor_name_is_rejected),
         cmocka_unit_test(control_characters_in_names_do_not_break_the_message_line),
         cmocka_unit_test(a_valid_but_unsupported_dtype_names_it_and_the_tensor),
-        cmocka_unit_test(an_unsupported_dtype_is_still_checked_for_size),
+        cmocka_unit_test(every_dtype_is_checked_for_size),
+        cmocka_unit_test(reads_f16_exactly_with_subnormals_infinities_and_nan),
+        cmocka_unit_test(reads_bf16_exactly),
+        cmocka_unit_test(reads_f64_rounding_to_nearest_even),
+        cmocka_unit_test(reads_every_integer_dtype_as_int64),
+        cmocka_unit_test(a_u64_beyond_int64_is_unsupported),
+        cmocka_unit_test(reads_a_file_mixing_dtypes_and_empty_tensors),
         cmocka_unit_test(more_than_8_dimensions_are_unsupported),
         cmocka_unit_test(a_failed_save_into_a_missing_directory_is_an_io_error),
         cmocka_unit_test(a_failed_rename_leaves_no_temporary_file),
         cmocka_unit_test(a_save_replaces_an_existing_file_atomically),
         cmocka_unit_test(a_save_keeps_the_permissions_of_the_file_it_replaces),
         cmocka_unit_test(a_tensor_named_metadata_cannot_be_saved),
+        cmocka_unit_test(saves_f16_with_the_expected_header_and_bytes),
+        cmocka_unit_test(saves_bf16_with_the_expected_bytes),
+        cmocka_unit_test(f16_round_trip_rounds_each_value_once),
+        cmocka_unit_test(bf16_round_trip_rounds_each_value_once),
+        cmocka_unit_test(save_dtype_f32_and_null_match_the_plain_save),
+        cmocka_unit_test(save_dtype_rejects_other_dtypes),
         cmocka_unit_test(atomic_file_leaves_the_target_alone_until_commit),
         cmocka_unit_test(atomic_file_abort_removes_the_temporary_file),
         cmocka_unit_test(atomic_file_creates_a_new_file_readable_like_fopen_would),
