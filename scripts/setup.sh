@@ -7,6 +7,7 @@ PACKAGES=(
   build-essential cmake pkg-config   # compiler and build system
   libopenblas-dev                    # CBLAS (GEMM)
   libjansson-dev                     # JSON (safetensors headers, metadata)
+  libcurl4-openssl-dev libssl-dev    # downloads, SHA-256/MD5 checks
   libcmocka-dev                      # unit tests
 )
 

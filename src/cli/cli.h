@@ -24,7 +24,19 @@ int cli_parse_i64(const char *s, int64_t lo, int64_t hi, int64_t *out);
 /* "138,357,544" */
 void cli_format_count(int64_t n, char *buf, unsigned size);
 
+/* A progress bar on stderr when it is a terminal (nothing otherwise). */
+typedef struct cli_progress {
+    const char *label;
+    double start, last_draw;
+    int drawn, tty;
+} cli_progress;
+void cli_progress_init(cli_progress *p, const char *label);
+void cli_progress_update(void *user, uint64_t done, uint64_t total); /* a graft_progress_fn */
+void cli_progress_end(cli_progress *p);
+
 int cmd_show(int argc, char **argv);
+int cmd_models(int argc, char **argv);
+int cmd_fetch(int argc, char **argv);
 int cmd_forward(int argc, char **argv);
 
 #endif

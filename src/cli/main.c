@@ -14,6 +14,8 @@ static const struct {
 } COMMANDS[] = {
     {"show", cmd_show, "print a model as PyTorch does, with parameter counts"},
     {"forward", cmd_forward, "run a model on a tensor from a safetensors file"},
+    {"models", cmd_models, "list the model zoo and its pretrained weights"},
+    {"fetch", cmd_fetch, "download pretrained weights into the cache, verified"},
 };
 
 int cli_fail(const char *fmt, ...) {

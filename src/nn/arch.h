@@ -19,7 +19,5 @@ typedef struct graft_arch_info {
 graft_status graft_vgg_build(const char *arch, bool init, graft_rng *rng, graft_module **root,
                              graft_arch_info *info);
 
-/* Zoo names, NULL-terminated, for listings and error messages. */
-extern const char *const graft_zoo_names[];
 
 #endif

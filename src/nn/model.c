@@ -80,7 +80,8 @@ static graft_status index_state(graft_model *m) {
 static graft_status describe_unknown_arch(const char *arch) {
     graft_strbuf sb;
     graft_strbuf_init(&sb);
-    for (int i = 0; graft_zoo_names[i]; i++) graft_strbuf_printf(&sb, "%s%s", i ? ", " : "", graft_zoo_names[i]);
+    const char *const *names = graft_zoo_names();
+    for (int i = 0; names[i]; i++) graft_strbuf_printf(&sb, "%s%s", i ? ", " : "", names[i]);
     graft_status s = graft_error(GRAFT_ERR_NOTFOUND,
                                  "unknown architecture '%s' (known: %s, or a spec like vgg:cfg=64-M-128-M)", arch,
                                  sb.data ? sb.data : "");

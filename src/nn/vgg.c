@@ -50,9 +50,6 @@ static const struct {
     {"vgg16_bn", &CFG_D, true}, {"vgg19_bn", &CFG_E, true},
 };
 
-const char *const graft_zoo_names[] = {"vgg11", "vgg13", "vgg16", "vgg19", "vgg11_bn",
-                                       "vgg13_bn", "vgg16_bn", "vgg19_bn", NULL};
-
 static graft_status parse_cfg(const char *s, size_t len, vgg_spec *spec) {
     spec->ncfg = 0;
     size_t i = 0;
