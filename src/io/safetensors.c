@@ -19,6 +19,8 @@
  * above INT64_MAX is refused); BOOL is 0 or 1.  The F8, F6, F4 and C64 dtypes are
  * recognised (so their sizes are validated) and reported as unsupported.  Writing produces F32
  * and I64, or F16/BF16 for the float tensors through graft_safetensors_save_dtype. */
+#include "io/readers.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <jansson.h>
@@ -483,6 +485,20 @@ done:
     free(entries);
     json_decref(root);
     return s;
+}
+
+graft_status graft_safetensors_load_bytes(const void *bytes, size_t size, const char *name,
+                                         graft_tensor_map **out) {
+    *out = NULL;
+    graft_tensor_map *m;
+    graft_status s = graft_tensor_map_create(&m);
+    if (!s) s = parse_file(name, bytes, size, m);
+    if (s) {
+        graft_tensor_map_free(m);
+        return s;
+    }
+    *out = m;
+    return GRAFT_OK;
 }
 
 graft_status graft_safetensors_load(const char *path, graft_tensor_map **out) {
