@@ -8,6 +8,8 @@ PACKAGES=(
   libopenblas-dev                    # CBLAS (GEMM)
   libjansson-dev                     # JSON (safetensors headers, metadata)
   libcurl4-openssl-dev libssl-dev    # downloads, SHA-256/MD5 checks
+  libarchive-dev                     # zip checkpoints (torch.save), dataset archives
+  libpng-dev libjpeg62-turbo-dev zlib1g-dev  # image decoding, gzip
   libcmocka-dev                      # unit tests
 )
 

@@ -45,6 +45,6 @@ export PKG_CONFIG_PATH="$prefix/lib/pkgconfig:$prefix/lib/$(gcc -print-multiarch
 cc -std=c11 "$prefix/use.c" -o "$prefix/use-shared" $(pkg-config --cflags --libs graft)
 LD_LIBRARY_PATH="$(pkg-config --variable=libdir graft)" "$prefix/use-shared"
 cc -std=c11 "$prefix/use.c" -o "$prefix/use-static" $(pkg-config --cflags graft) \
-  "$(pkg-config --variable=libdir graft)/libgraft.a" $(pkg-config --libs --static openblas jansson libcurl libcrypto) -lpthread -lm
+  "$(pkg-config --variable=libdir graft)/libgraft.a" $(pkg-config --libs --static openblas jansson libcurl libcrypto libarchive libpng libjpeg zlib) -lpthread -lm
 "$prefix/use-static"
 echo "install check passed"
