@@ -1,0 +1,570 @@
+/* optim.c — SGD, Adam and AdamW, operation for operation as PyTorch 1.13 runs them on
+ * a CPU (torch/optim/{sgd,adam,adamw}.py, _single_tensor_* paths).
+ *
+ * How each PyTorch tensor op rounds, on float32 tensors with Python-float scalars (the
+ * scalar is first rounded to float; checked against torch 1.13's AVX2 kernels on a
+ * million elements, no bit differing):
+ *   a.mul_(s)                 a * (float)s
+ *   a.add_(b, alpha=s)        fma(b, (float)s, a)       (vec::fmadd in the add ufunc)
+ *   a.addcmul_(b, c, value=s) fma((float)s * b, c, a)  (GCC contracts s*b*c + a)
+ *   a.addcdiv_(b, c, value=s) a + ((float)s * b) / c
+ *   a / s, a.add_(s), sqrt    correctly rounded float ops
+ * Bias corrections and step sizes are Python floats: double here too. */
+#include "train/optim.h"
+
+#include <ctype.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/error.h"
+#include "core/threads.h"
+#include "nn/model.h"
+#include "nn/module.h"
+
+/* Elements per thread below which an update runs on one thread: an update is a few
+ * flops per element, so small tensors are not worth waking the pool. */
+#define OPTIM_MIN_CHUNK 65536
+
+/* PyTorch's defaults (torch/optim/adam.py, adamw.py). */
+#define ADAM_DEFAULT_LR 1e-3
+#define ADAM_DEFAULT_BETA1 0.9
+#define ADAM_DEFAULT_BETA2 0.999
+#define ADAM_DEFAULT_EPS 1e-8
+#define ADAMW_DEFAULT_WEIGHT_DECAY 1e-2
+/* torch.optim.SGD has lr=required; graft's default is the customary 0.01. */
+#define SGD_DEFAULT_LR 0.01
+
+/* fma rounded once to float.  With hardware FMA (FP_FAST_FMAF) fmaf is one instruction;
+ * otherwise the double product a*b is exact (24+24 bits < 53) and only a sum landing on a
+ * float tie after rounding to double could round differently — vanishingly rare, and
+ * within one ulp if it happens — while staying vectorisable and free of libm calls. */
+static inline float fma_f(float a, float b, float c) {
+#ifdef FP_FAST_FMAF
+    return fmaf(a, b, c);
+#else
+    return (float)((double)a * (double)b + (double)c);
+#endif
+}
+
+typedef struct optim_slot {
+    char *name;
+    graft_tensor *value;
+    const graft_tensor *grad;
+    const bool *frozen;
+    int group;
+    int64_t n;
+    int64_t steps;           /* state['step']; for SGD 0 also means "no momentum buffer yet" */
+    graft_tensor buf;        /* SGD momentum_buffer, Adam exp_avg (empty when unused) */
+    graft_tensor sq;         /* exp_avg_sq */
+    graft_tensor sq_max;     /* max_exp_avg_sq (amsgrad) */
+} optim_slot;
+
+struct graft_optim {
+    graft_optim_options o;
+    double lr[GRAFT_OPTIM_MAX_GROUPS];
+    size_t n;
+    optim_slot *slots;
+};
+
+/* ---- options -------------------------------------------------------------------- */
+
+graft_optim_options graft_optim_defaults(graft_optim_kind kind) {
+    graft_optim_options o = {.kind = kind, .ngroups = 1};
+    o.beta1 = ADAM_DEFAULT_BETA1;
+    o.beta2 = ADAM_DEFAULT_BETA2;
+    o.eps = ADAM_DEFAULT_EPS;
+    double lr = kind == GRAFT_OPTIM_SGD ? SGD_DEFAULT_LR : ADAM_DEFAULT_LR;
+    for (int g = 0; g < GRAFT_OPTIM_MAX_GROUPS; g++) o.lr[g] = lr;
+    if (kind == GRAFT_OPTIM_ADAMW) o.weight_decay = ADAMW_DEFAULT_WEIGHT_DECAY;
+    return o;
+}
+
+const char *graft_optim_kind_name(graft_optim_kind kind) {
+    switch (kind) {
+    case GRAFT_OPTIM_SGD: return "sgd";
+    case GRAFT_OPTIM_ADAM: return "adam";
+    case GRAFT_OPTIM_ADAMW: return "adamw";
+    }
+    return "?";
+}
+
+static int equal_nocase(const char *a, const char *b) {
+    for (; *a && *b; a++, b++)
+        if (tolower((unsigned char)*a) != tolower((unsigned char)*b)) return 0;
+    return *a == *b;
+}
+
+graft_status graft_optim_kind_parse(const char *name, graft_optim_kind *out) {
+    static const graft_optim_kind kinds[] = {GRAFT_OPTIM_SGD, GRAFT_OPTIM_ADAM, GRAFT_OPTIM_ADAMW};
+    for (size_t i = 0; name && i < sizeof kinds / sizeof kinds[0]; i++)
+        if (equal_nocase(name, graft_optim_kind_name(kinds[i]))) {
+            *out = kinds[i];
+            return GRAFT_OK;
+        }
+    return graft_error(GRAFT_ERR_INVALID, "unknown optimizer '%s' (known: sgd, adam, adamw)", name ? name : "");
+}
+
+graft_status graft_optim_check(const graft_optim_options *o) {
+    if (o->kind != GRAFT_OPTIM_SGD && o->kind != GRAFT_OPTIM_ADAM && o->kind != GRAFT_OPTIM_ADAMW)
+        return graft_error(GRAFT_ERR_INVALID, "unknown optimizer kind %d", (int)o->kind);
+    if (o->ngroups < 1 || o->ngroups > GRAFT_OPTIM_MAX_GROUPS)
+        return graft_error(GRAFT_ERR_INVALID, "optimizer: %d parameter groups, expected 1 to %d", o->ngroups,
+                           GRAFT_OPTIM_MAX_GROUPS);
+    /* The messages are PyTorch's ValueError texts; `!(x >= 0)` also rejects NaN. */
+    for (int g = 0; g < o->ngroups; g++)
+        if (!(o->lr[g] >= 0) || isinf(o->lr[g]))
+            return graft_error(GRAFT_ERR_INVALID, "Invalid learning rate: %g", o->lr[g]);
+    if (!(o->weight_decay >= 0)) return graft_error(GRAFT_ERR_INVALID, "Invalid weight_decay value: %g", o->weight_decay);
+    if (o->kind == GRAFT_OPTIM_SGD) {
+        if (!(o->momentum >= 0)) return graft_error(GRAFT_ERR_INVALID, "Invalid momentum value: %g", o->momentum);
+        if (isnan(o->dampening)) return graft_error(GRAFT_ERR_INVALID, "Invalid dampening value: %g", o->dampening);
+        if (o->nesterov && (o->momentum <= 0 || o->dampening != 0))
+            return graft_error(GRAFT_ERR_INVALID, "Nesterov momentum requires a momentum and zero dampening");
+    } else {
+        if (!(o->eps >= 0)) return graft_error(GRAFT_ERR_INVALID, "Invalid epsilon value: %g", o->eps);
+        if (!(o->beta1 >= 0 && o->beta1 < 1))
+            return graft_error(GRAFT_ERR_INVALID, "Invalid beta parameter at index 0: %g", o->beta1);
+        if (!(o->beta2 >= 0 && o->beta2 < 1))
+            return graft_error(GRAFT_ERR_INVALID, "Invalid beta parameter at index 1: %g", o->beta2);
+    }
+    return GRAFT_OK;
+}
+
+/* ---- creation --------------------------------------------------------------------- */
+
+static void free_slots(optim_slot *slots, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        free(slots[i].name);
+        graft_tensor_release(&slots[i].buf);
+        graft_tensor_release(&slots[i].sq);
+        graft_tensor_release(&slots[i].sq_max);
+    }
+    free(slots);
+}
+
+void graft_optim_free(graft_optim *opt) {
+    if (!opt) return;
+    free_slots(opt->slots, opt->n);
+    free(opt);
+}
+
+static bool uses_buf(const graft_optim_options *o) { return o->kind != GRAFT_OPTIM_SGD || o->momentum != 0; }
+static bool uses_sq(const graft_optim_options *o) { return o->kind != GRAFT_OPTIM_SGD; }
+static bool uses_sq_max(const graft_optim_options *o) { return o->kind != GRAFT_OPTIM_SGD && o->amsgrad; }
+
+graft_status graft_optim_create(const graft_optim_options *o, size_t n, const graft_optim_param *params,
+                                graft_optim **out) {
+    *out = NULL;
+    graft_status s = graft_optim_check(o);
+    if (s) return s;
+    for (size_t i = 0; i < n; i++) {
+        const graft_optim_param *p = &params[i];
+        if (!p->name || !p->value) return graft_error(GRAFT_ERR_INVALID, "optimizer: parameter %zu has no name or value", i);
+        if (p->value->dtype != GRAFT_F32 || !p->value->data)
+            return graft_error(GRAFT_ERR_INVALID, "optimizer: parameter %s is not a float32 tensor with data", p->name);
+        if (p->group < 0 || p->group >= o->ngroups)
+            return graft_error(GRAFT_ERR_INVALID, "optimizer: parameter %s is in group %d, but there are %d groups",
+                               p->name, p->group, o->ngroups);
+        for (size_t j = 0; j < i; j++)
+            if (strcmp(params[j].name, p->name) == 0)
+                return graft_error(GRAFT_ERR_INVALID, "optimizer: parameter %s is given twice", p->name);
+    }
+    graft_optim *opt = calloc(1, sizeof *opt);
+    optim_slot *slots = calloc(n ? n : 1, sizeof *slots);
+    if (!opt || !slots) {
+        free(opt);
+        free(slots);
+        return graft_error(GRAFT_ERR_NOMEM, "out of memory creating the optimizer");
+    }
+    opt->o = *o;
+    for (int g = 0; g < GRAFT_OPTIM_MAX_GROUPS; g++) opt->lr[g] = o->lr[g];
+    opt->slots = slots;
+    for (size_t i = 0; i < n; i++) {
+        const graft_optim_param *p = &params[i];
+        optim_slot *sl = &slots[i];
+        opt->n = i + 1; /* so a failure below frees what exists */
+        graft_tensor_init(&sl->buf, GRAFT_F32);
+        graft_tensor_init(&sl->sq, GRAFT_F32);
+        graft_tensor_init(&sl->sq_max, GRAFT_F32);
+        sl->value = p->value;
+        sl->grad = p->grad;
+        sl->frozen = p->frozen;
+        sl->group = p->group;
+        sl->n = graft_tensor_numel(p->value);
+        const graft_tensor *v = p->value;
+        if (!(sl->name = strdup(p->name))) s = graft_error(GRAFT_ERR_NOMEM, "out of memory creating the optimizer");
+        if (!s && uses_buf(o)) s = graft_tensor_resize(&sl->buf, v->ndim, v->shape);
+        if (!s && uses_sq(o)) s = graft_tensor_resize(&sl->sq, v->ndim, v->shape);
+        if (!s && uses_sq_max(o)) s = graft_tensor_resize(&sl->sq_max, v->ndim, v->shape);
+        if (s) {
+            graft_optim_free(opt);
+            return s;
+        }
+    }
+    opt->n = n;
+    *out = opt;
+    return GRAFT_OK;
+}
+
+typedef struct model_params {
+    graft_optim_param *list;
+    size_t n, cap;
+    const char *head;      /* NULL: one group */
+    size_t head_len;
+    bool failed;
+} model_params;
+
+static int collect_param(void *user, const char *name, graft_module *owner, graft_param *p, graft_buffer *b) {
+    (void)owner;
+    (void)b;
+    model_params *mp = user;
+    if (!p || p->frozen) return 0;
+    if (mp->n == mp->cap) {
+        size_t cap = mp->cap ? mp->cap * 2 : 32;
+        graft_optim_param *l = realloc(mp->list, cap * sizeof *l);
+        if (!l) return mp->failed = true;
+        mp->list = l;
+        mp->cap = cap;
+    }
+    /* "classifier.6.weight" is under "classifier.6"; "classifier.60.weight" is not. */
+    bool in_head = mp->head && (mp->head_len == 0 ||
+                                (strncmp(name, mp->head, mp->head_len) == 0 && name[mp->head_len] == '.'));
+    char *copy = strdup(name);
+    if (!copy) return mp->failed = true;
+    mp->list[mp->n++] = (graft_optim_param){copy, &p->value, &p->grad, &p->frozen, in_head ? 1 : 0};
+    return 0;
+}
+
+graft_status graft_optim_create_for_model(graft_model *m, const graft_optim_options *o, const char *head_path,
+                                          graft_optim **out) {
+    *out = NULL;
+    graft_module *root = graft_model_root(m);
+    if (head_path) {
+        if (o->ngroups < 2)
+            return graft_error(GRAFT_ERR_INVALID, "optimizer: a head group needs 2 parameter groups, got %d", o->ngroups);
+        if (!graft_module_find(root, head_path))
+            return graft_error(GRAFT_ERR_NOTFOUND, "optimizer: no module named '%s' for the head group", head_path);
+    }
+    model_params mp = {.head = head_path, .head_len = head_path ? strlen(head_path) : 0};
+    graft_module_visit_state(root, collect_param, &mp);
+    graft_status s = mp.failed ? graft_error(GRAFT_ERR_NOMEM, "out of memory listing parameters")
+                               : graft_optim_create(o, mp.n, mp.list, out);
+    for (size_t i = 0; i < mp.n; i++) free((char *)mp.list[i].name);
+    free(mp.list);
+    return s;
+}
+
+/* ---- accessors ---------------------------------------------------------------------- */
+
+graft_status graft_optim_set_lr(graft_optim *opt, int group, double lr) {
+    if (group < 0 || group >= opt->o.ngroups)
+        return graft_error(GRAFT_ERR_INVALID, "optimizer: no parameter group %d (there are %d)", group, opt->o.ngroups);
+    if (!(lr >= 0) || isinf(lr)) return graft_error(GRAFT_ERR_INVALID, "Invalid learning rate: %g", lr);
+    opt->lr[group] = lr;
+    return GRAFT_OK;
+}
+
+double graft_optim_lr(const graft_optim *opt, int group) {
+    return group >= 0 && group < opt->o.ngroups ? opt->lr[group] : NAN;
+}
+
+double graft_optim_base_lr(const graft_optim *opt, int group) {
+    return group >= 0 && group < opt->o.ngroups ? opt->o.lr[group] : NAN;
+}
+
+graft_status graft_optim_apply_schedule(graft_optim *opt, const graft_schedule *s, int64_t t) {
+    graft_status st = graft_schedule_check(s);
+    if (st) return st;
+    for (int g = 0; g < opt->o.ngroups; g++) {
+        double lr = graft_schedule_lr(s, opt->o.lr[g], t);
+        if ((st = graft_optim_set_lr(opt, g, lr))) return st;
+    }
+    return GRAFT_OK;
+}
+
+const graft_optim_options *graft_optim_get_options(const graft_optim *opt) { return &opt->o; }
+size_t graft_optim_size(const graft_optim *opt) { return opt->n; }
+const char *graft_optim_param_name(const graft_optim *opt, size_t i) { return i < opt->n ? opt->slots[i].name : NULL; }
+int graft_optim_param_group(const graft_optim *opt, size_t i) { return i < opt->n ? opt->slots[i].group : -1; }
+int64_t graft_optim_param_steps(const graft_optim *opt, size_t i) { return i < opt->n ? opt->slots[i].steps : -1; }
+
+/* ---- updates ------------------------------------------------------------------------ */
+
+/* The scalars of one update, already rounded the way PyTorch rounds them. */
+typedef struct update {
+    float *p;
+    const float *g;
+    float *buf, *sq, *sq_max;
+    /* SGD */
+    bool decay, use_momentum, first, nesterov;
+    float wd, momentum, one_minus_dampening, neg_lr;
+    /* Adam / AdamW */
+    bool adamw, amsgrad;
+    float beta1, one_minus_beta1, beta2, one_minus_beta2;
+    float param_scale; /* AdamW: 1 - lr * weight_decay */
+    float bc2_sqrt, eps, neg_step_size;
+} update;
+
+/* _single_tensor_sgd on elements [begin, end) of one parameter.  The flags are
+ * arguments so that each call below, with constants, compiles to a loop without
+ * branches; the scalars are copied to locals so stores through p cannot alias them. */
+static inline void sgd_loop(const update *u, int64_t begin, int64_t end, const bool decay, const bool use_momentum,
+                            const bool first, const bool nesterov) {
+    float *restrict p = u->p, *restrict buf = u->buf;
+    const float *restrict g = u->g;
+    const float wd = u->wd, momentum = u->momentum, one_minus_dampening = u->one_minus_dampening, neg_lr = u->neg_lr;
+    for (int64_t i = begin; i < end; i++) {
+        float d = g[i];
+        if (decay) d = fma_f(p[i], wd, d);                          /* d_p = d_p.add(param, alpha=wd) */
+        if (use_momentum) {
+            float b = first ? d                                     /* buf = torch.clone(d_p) */
+                            : fma_f(d, one_minus_dampening, buf[i] * momentum); /* mul_, add_ */
+            buf[i] = b;
+            d = nesterov ? fma_f(b, momentum, d) : b;
+        }
+        p[i] = fma_f(d, neg_lr, p[i]);                              /* param.add_(d_p, alpha=-lr) */
+    }
+}
+
+static void sgd_range(void *arg, int64_t b, int64_t e) {
+    const update *u = arg;
+    if (!u->use_momentum) {
+        if (u->decay) sgd_loop(u, b, e, true, false, false, false);
+        else sgd_loop(u, b, e, false, false, false, false);
+    } else if (u->first) {
+        sgd_loop(u, b, e, u->decay, true, true, u->nesterov); /* once per run: no need to specialise */
+    } else if (u->nesterov) {
+        if (u->decay) sgd_loop(u, b, e, true, true, false, true);
+        else sgd_loop(u, b, e, false, true, false, true);
+    } else {
+        if (u->decay) sgd_loop(u, b, e, true, true, false, false);
+        else sgd_loop(u, b, e, false, true, false, false);
+    }
+}
+
+/* _single_tensor_adam / _single_tensor_adamw (capturable=False) on [begin, end),
+ * specialised like sgd_loop. */
+static inline void adam_loop(const update *u, int64_t begin, int64_t end, const bool adamw, const bool decay,
+                             const bool amsgrad) {
+    float *restrict p = u->p, *restrict m = u->buf, *restrict v = u->sq, *restrict vmax = u->sq_max;
+    const float *restrict g = u->g;
+    const float wd = u->wd, param_scale = u->param_scale, beta1 = u->beta1, one_minus_beta1 = u->one_minus_beta1,
+                beta2 = u->beta2, one_minus_beta2 = u->one_minus_beta2, bc2_sqrt = u->bc2_sqrt, eps = u->eps,
+                neg_step_size = u->neg_step_size;
+    for (int64_t i = begin; i < end; i++) {
+        float gi = g[i];
+        float pi = p[i];
+        if (adamw) pi *= param_scale;                               /* param.mul_(1 - lr * wd) */
+        else if (decay) gi = fma_f(pi, wd, gi);                     /* grad = grad.add(param, alpha=wd) */
+        float mi = fma_f(gi, one_minus_beta1, m[i] * beta1);        /* exp_avg.mul_(b1).add_(g, alpha=1-b1) */
+        float vi = fma_f(one_minus_beta2 * gi, gi, v[i] * beta2);   /* exp_avg_sq.mul_(b2).addcmul_(g, g, 1-b2) */
+        m[i] = mi;
+        v[i] = vi;
+        if (amsgrad) {
+            /* torch.maximum propagates NaN from either side */
+            float mx = vmax[i];
+            if (mx < vi || isnan(vi)) mx = vi;
+            vmax[i] = mx;
+            vi = mx;
+        }
+        float denom = sqrtf(vi) / bc2_sqrt + eps;                   /* (sqrt / bc2_sqrt).add_(eps) */
+        p[i] = pi + (neg_step_size * mi) / denom;                   /* param.addcdiv_(m, denom, -step_size) */
+    }
+}
+
+static void adam_range(void *arg, int64_t b, int64_t e) {
+    const update *u = arg;
+    if (u->adamw) {
+        if (u->amsgrad) adam_loop(u, b, e, true, false, true);
+        else adam_loop(u, b, e, true, false, false);
+    } else if (u->decay) {
+        if (u->amsgrad) adam_loop(u, b, e, false, true, true);
+        else adam_loop(u, b, e, false, true, false);
+    } else {
+        if (u->amsgrad) adam_loop(u, b, e, false, false, true);
+        else adam_loop(u, b, e, false, false, false);
+    }
+}
+
+static bool slot_active(const optim_slot *sl) {
+    return !(sl->frozen && *sl->frozen) && sl->grad && sl->grad->data;
+}
+
+graft_status graft_optim_step(graft_optim *opt) {
+    const graft_optim_options *o = &opt->o;
+    for (size_t i = 0; i < opt->n; i++) {
+        const optim_slot *sl = &opt->slots[i];
+        if (!slot_active(sl)) continue;
+        if (sl->grad->dtype != GRAFT_F32 || graft_tensor_numel(sl->grad) != sl->n || graft_tensor_numel(sl->value) != sl->n)
+            return graft_error(GRAFT_ERR_SHAPE, "optimizer: the gradient of %s does not match its %lld elements",
+                               sl->name, (long long)sl->n);
+    }
+    for (size_t i = 0; i < opt->n; i++) {
+        optim_slot *sl = &opt->slots[i];
+        if (!slot_active(sl)) continue;
+        double lr = opt->lr[sl->group];
+        update u = {.p = sl->value->data, .g = sl->grad->data, .buf = sl->buf.data, .sq = sl->sq.data,
+                    .sq_max = sl->sq_max.data};
+        u.decay = o->weight_decay != 0;
+        u.wd = (float)o->weight_decay;
+        if (o->kind == GRAFT_OPTIM_SGD) {
+            u.use_momentum = o->momentum != 0;
+            u.first = sl->steps == 0;
+            u.nesterov = o->nesterov != 0;
+            u.momentum = (float)o->momentum;
+            u.one_minus_dampening = (float)(1 - o->dampening);
+            u.neg_lr = (float)-lr;
+            sl->steps++;
+            graft_parallel_for(sl->n, OPTIM_MIN_CHUNK, sgd_range, &u);
+        } else {
+            sl->steps++; /* step_t += 1 comes first */
+            double step = (double)sl->steps;
+            double bias_correction1 = 1 - pow(o->beta1, step);
+            double bias_correction2 = 1 - pow(o->beta2, step);
+            double step_size = lr / bias_correction1;
+            u.adamw = o->kind == GRAFT_OPTIM_ADAMW;
+            u.amsgrad = o->amsgrad != 0;
+            u.beta1 = (float)o->beta1;
+            u.one_minus_beta1 = (float)(1 - o->beta1);
+            u.beta2 = (float)o->beta2;
+            u.one_minus_beta2 = (float)(1 - o->beta2);
+            u.param_scale = (float)(1 - lr * o->weight_decay);
+            u.bc2_sqrt = (float)sqrt(bias_correction2);
+            u.eps = (float)o->eps;
+            u.neg_step_size = (float)-step_size;
+            graft_parallel_for(sl->n, OPTIM_MIN_CHUNK, adam_range, &u);
+        }
+    }
+    return GRAFT_OK;
+}
+
+/* ---- state export / import ------------------------------------------------------------ */
+
+enum { KEY_STEP, KEY_BUF, KEY_SQ, KEY_SQ_MAX, NKEYS };
+
+static const char *key_name(const graft_optim_options *o, int k) {
+    switch (k) {
+    case KEY_STEP: return "step";
+    case KEY_BUF: return o->kind == GRAFT_OPTIM_SGD ? "momentum_buffer" : "exp_avg";
+    case KEY_SQ: return "exp_avg_sq";
+    case KEY_SQ_MAX: return "max_exp_avg_sq";
+    }
+    return "?";
+}
+
+static bool key_used(const graft_optim_options *o, int k) {
+    switch (k) {
+    case KEY_STEP: return true;
+    case KEY_BUF: return uses_buf(o);
+    case KEY_SQ: return uses_sq(o);
+    case KEY_SQ_MAX: return uses_sq_max(o);
+    }
+    return false;
+}
+
+static graft_tensor *slot_tensor(optim_slot *sl, int k) {
+    return k == KEY_BUF ? &sl->buf : k == KEY_SQ ? &sl->sq : k == KEY_SQ_MAX ? &sl->sq_max : NULL;
+}
+
+static graft_status entry_name(char *buf, size_t size, const char *prefix, const char *param, const char *key) {
+    int len = snprintf(buf, size, "%s%s.%s", prefix, param, key);
+    if (len < 0 || (size_t)len >= size) return graft_error(GRAFT_ERR_INVALID, "optimizer: state name too long for %s", param);
+    return GRAFT_OK;
+}
+
+#define NAME_BYTES 512
+
+/* "<prefix>kind": the metadata key naming the optimizer kind. */
+static graft_status kind_meta_name(char *buf, size_t size, const char *prefix) {
+    int len = snprintf(buf, size, "%skind", prefix);
+    if (len < 0 || (size_t)len >= size) return graft_error(GRAFT_ERR_INVALID, "optimizer: state prefix too long");
+    return GRAFT_OK;
+}
+
+graft_status graft_optim_state_export(const graft_optim *opt, const char *prefix, graft_tensor_map *map) {
+    if (!prefix) prefix = "";
+    char name[NAME_BYTES];
+    graft_status s = kind_meta_name(name, sizeof name, prefix);
+    if (s) return s;
+    if ((s = graft_tensor_map_set_meta(map, name, graft_optim_kind_name(opt->o.kind)))) return s;
+    for (size_t i = 0; i < opt->n; i++) {
+        optim_slot *sl = &opt->slots[i];
+        for (int k = 0; k < NKEYS; k++) {
+            if (!key_used(&opt->o, k)) continue;
+            if ((s = entry_name(name, sizeof name, prefix, sl->name, key_name(&opt->o, k)))) return s;
+            if (k == KEY_STEP) {
+                graft_tensor *t;
+                if ((s = graft_tensor_create(GRAFT_I64, 0, NULL, &t))) return s;
+                graft_tensor_i64(t)[0] = sl->steps;
+                s = graft_tensor_map_put(map, name, t);
+            } else {
+                s = graft_tensor_map_put_copy(map, name, slot_tensor(sl, k));
+            }
+            if (s) return s;
+        }
+    }
+    return GRAFT_OK;
+}
+
+graft_status graft_optim_state_import(graft_optim *opt, const char *prefix, const graft_tensor_map *map) {
+    if (!prefix) prefix = "";
+    const graft_optim_options *o = &opt->o;
+    char name[NAME_BYTES];
+    graft_status s = kind_meta_name(name, sizeof name, prefix);
+    if (s) return s;
+    const char *kind = graft_tensor_map_get_meta(map, name);
+    if (kind && strcmp(kind, graft_optim_kind_name(o->kind)) != 0)
+        return graft_error(GRAFT_ERR_INVALID, "optimizer state is for %s, but the optimizer is %s", kind,
+                           graft_optim_kind_name(o->kind));
+    /* Validate everything before touching the state. */
+    size_t expected = 0;
+    for (size_t i = 0; i < opt->n; i++) {
+        optim_slot *sl = &opt->slots[i];
+        for (int k = 0; k < NKEYS; k++) {
+            if (!key_used(o, k)) continue;
+            expected++;
+            if ((s = entry_name(name, sizeof name, prefix, sl->name, key_name(o, k)))) return s;
+            graft_tensor *t = graft_tensor_map_get(map, name);
+            if (!t) return graft_error(GRAFT_ERR_NOTFOUND, "optimizer state: missing %s", name);
+            if (k == KEY_STEP) {
+                if (t->dtype != GRAFT_I64 || graft_tensor_numel(t) != 1 || graft_tensor_i64(t)[0] < 0)
+                    return graft_error(GRAFT_ERR_FORMAT, "optimizer state: %s must be one non-negative int64", name);
+            } else if (t->dtype != GRAFT_F32 || !graft_tensor_same_shape(t, slot_tensor(sl, k))) {
+                char ts[96], ps[96];
+                graft_shape_str(t->ndim, t->shape, ts, sizeof ts);
+                graft_shape_str(sl->value->ndim, sl->value->shape, ps, sizeof ps);
+                return graft_error(GRAFT_ERR_SHAPE, "optimizer state: %s is %s %s, the parameter is float32 %s", name,
+                                   t->dtype == GRAFT_F32 ? "float32" : "int64", ts, ps);
+            }
+        }
+    }
+    size_t plen = strlen(prefix), with_prefix = 0;
+    for (size_t i = 0; i < graft_tensor_map_size(map); i++)
+        if (strncmp(graft_tensor_map_name(map, i), prefix, plen) == 0) with_prefix++;
+    if (with_prefix != expected) {
+        /* Name one entry that is not ours. */
+        for (size_t i = 0; i < graft_tensor_map_size(map); i++) {
+            const char *e = graft_tensor_map_name(map, i);
+            if (strncmp(e, prefix, plen) != 0) continue;
+            bool ours = false;
+            for (size_t j = 0; j < opt->n && !ours; j++)
+                for (int k = 0; k < NKEYS && !ours; k++)
+                    ours = key_used(o, k) && !entry_name(name, sizeof name, prefix, opt->slots[j].name, key_name(o, k)) &&
+                           strcmp(name, e) == 0;
+            if (!ours) return graft_error(GRAFT_ERR_NOTFOUND, "optimizer state: unexpected entry %s", e);
+        }
+    }
+    for (size_t i = 0; i < opt->n; i++) {
+        optim_slot *sl = &opt->slots[i];
+        for (int k = 0; k < NKEYS; k++) {
+            if (!key_used(o, k)) continue;
+            entry_name(name, sizeof name, prefix, sl->name, key_name(o, k));
+            graft_tensor *t = graft_tensor_map_get(map, name);
+            if (k == KEY_STEP) sl->steps = graft_tensor_i64(t)[0];
+            else graft_tensor_copy_data(slot_tensor(sl, k), t);
+        }
+    }
+    return GRAFT_OK;
+}
