@@ -143,6 +143,15 @@ GRAFT_API graft_status graft_safetensors_save(const char *path, const graft_tens
 GRAFT_API graft_status graft_safetensors_save_dtype(const char *path, const graft_tensor_map *m,
                                                     const char *float_dtype);
 
+/* Reads a weights file by its content: safetensors, or a PyTorch checkpoint written by
+ * torch.save (the zip layout of torch >= 1.6 or the legacy one, as torchvision's own
+ * files are).  PyTorch checkpoints are read without running anything: only tensors,
+ * dicts and the torch/numpy rebuild functions are allowed (like weights_only=True).
+ * A state dict nested under "state_dict" or "model" is found; a "module." prefix
+ * left by DataParallel is removed; every float type becomes float32 and every
+ * integer type int64. */
+GRAFT_API graft_status graft_weights_load(const char *path, graft_tensor_map **out);
+
 /* ---- models -------------------------------------------------------------- */
 
 typedef struct graft_model graft_model;
@@ -222,6 +231,13 @@ GRAFT_API int64_t graft_model_num_classes(const graft_model *m);
  * Errors list missing and unexpected keys and size mismatches in PyTorch's words. */
 GRAFT_API graft_status graft_model_load_state(graft_model *m, const graft_tensor_map *state);
 GRAFT_API graft_status graft_model_load_safetensors(graft_model *m, const char *path);
+/* Loads a weights file (see graft_weights_load) strictly.  With GRAFT_LOAD_NEW_HEAD,
+ * a head whose shape differs from the model's (a 1000-class checkpoint into a 10-class
+ * model) is left as freshly initialised — a log line says so — and everything else
+ * still has to match. */
+#define GRAFT_LOAD_STRICT 0
+#define GRAFT_LOAD_NEW_HEAD 1
+GRAFT_API graft_status graft_model_load_file(graft_model *m, const char *path, int flags);
 /* A deep copy of the state dict; free with graft_tensor_map_free. */
 GRAFT_API graft_status graft_model_state_dict(const graft_model *m, graft_tensor_map **out);
 GRAFT_API graft_status graft_model_save_safetensors(const graft_model *m, const char *path);

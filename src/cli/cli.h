@@ -24,6 +24,8 @@ int cli_parse_i64(const char *s, int64_t lo, int64_t hi, int64_t *out);
 /* "138,357,544" */
 void cli_format_count(int64_t n, char *buf, unsigned size);
 
+/* Sends the library's informational lines to stderr as "graft: ...". */
+void cli_log_to_stderr(void);
 /* A progress bar on stderr when it is a terminal (nothing otherwise). */
 typedef struct cli_progress {
     const char *label;

@@ -15,7 +15,7 @@ static const struct {
     {"show", cmd_show, "print a model as PyTorch does, with parameter counts"},
     {"forward", cmd_forward, "run a model on a tensor from a safetensors file"},
     {"models", cmd_models, "list the model zoo and its pretrained weights"},
-    {"fetch", cmd_fetch, "download pretrained weights into the cache, verified"},
+    {"fetch", cmd_fetch, "download pretrained weights or a dataset, verified"},
 };
 
 int cli_fail(const char *fmt, ...) {
@@ -27,6 +27,13 @@ int cli_fail(const char *fmt, ...) {
     va_end(ap);
     return CLI_EXIT_FAILURE;
 }
+
+static void log_line(int level, const char *message, void *user) {
+    (void)user;
+    fprintf(stderr, "graft: %s%s\n", level ? "warning: " : "", message);
+}
+
+void cli_log_to_stderr(void) { graft_set_log_callback(log_line, NULL); }
 
 int cli_fail_status(const char *what) { return cli_fail("%s: %s", what, graft_errmsg()); }
 

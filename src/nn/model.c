@@ -284,6 +284,10 @@ int64_t graft_model_num_classes(const graft_model *m) {
 
 #define LIST_MAX 8 /* names listed per kind before "... and N more" */
 
+static bool skipped(const char *name, const char *skip1, const char *skip2) {
+    return (skip1 && !strcmp(name, skip1)) || (skip2 && !strcmp(name, skip2));
+}
+
 static void list_names(graft_strbuf *sb, const char *title, const char **names, size_t n) {
     if (!n) return;
     graft_strbuf_printf(sb, " %s", title);
@@ -292,7 +296,10 @@ static void list_names(graft_strbuf *sb, const char *title, const char **names, 
     graft_strbuf_append(sb, ".");
 }
 
-graft_status graft_model_load_state(graft_model *m, const graft_tensor_map *state) {
+/* graft_model_load_state, treating the keys skip1 and skip2 (may be NULL) as absent on
+ * both sides. */
+static graft_status load_all_but(graft_model *m, const graft_tensor_map *state, const char *skip1,
+                                 const char *skip2) {
     size_t nsrc = graft_tensor_map_size(state);
     const char **missing = calloc(m->nstate + 1, sizeof *missing);
     const char **unexpected = calloc(nsrc + 1, sizeof *unexpected);
@@ -305,6 +312,7 @@ graft_status graft_model_load_state(graft_model *m, const graft_tensor_map *stat
         return graft_error(GRAFT_ERR_NOMEM, "out of memory");
     }
     for (size_t i = 0; i < m->nstate; i++) {
+        if (skipped(m->state[i].name, skip1, skip2)) continue;
         const graft_tensor *src = graft_tensor_map_get(state, m->state[i].name);
         const graft_tensor *dst = m->state[i].value;
         if (!src) {
@@ -340,7 +348,8 @@ graft_status graft_model_load_state(graft_model *m, const graft_tensor_map *stat
         graft_strbuf_free(&sb);
     } else {
         for (size_t i = 0; i < m->nstate; i++)
-            graft_tensor_copy_data(m->state[i].value, graft_tensor_map_get(state, m->state[i].name));
+            if (!skipped(m->state[i].name, skip1, skip2))
+                graft_tensor_copy_data(m->state[i].value, graft_tensor_map_get(state, m->state[i].name));
     }
     graft_strbuf_free(&mismatches);
     free(missing);
@@ -348,11 +357,50 @@ graft_status graft_model_load_state(graft_model *m, const graft_tensor_map *stat
     return s;
 }
 
+graft_status graft_model_load_state(graft_model *m, const graft_tensor_map *state) {
+    return load_all_but(m, state, NULL, NULL);
+}
+
 graft_status graft_model_load_safetensors(graft_model *m, const char *path) {
     graft_tensor_map *state;
     graft_status s = graft_safetensors_load(path, &state);
     if (s) return s;
     s = graft_model_load_state(m, state);
+    graft_tensor_map_free(state);
+    if (s) return graft_error_prefix(s, "%s", path);
+    return GRAFT_OK;
+}
+
+graft_status graft_model_load_file(graft_model *m, const char *path, int flags) {
+    graft_tensor_map *state;
+    graft_status s = graft_weights_load(path, &state);
+    if (s) return s;
+    if (flags & GRAFT_LOAD_NEW_HEAD) {
+        char wkey[256], bkey[256];
+        snprintf(wkey, sizeof wkey, "%s.weight", m->head_path);
+        snprintf(bkey, sizeof bkey, "%s.bias", m->head_path);
+        const graft_tensor *have = graft_model_state_get(m, wkey), *got = graft_tensor_map_get(state, wkey);
+        if (have && got && !graft_tensor_same_shape(have, got)) {
+            /* Drop the checkpoint's head: the model keeps its fresh one. */
+            graft_tensor_map *kept;
+            if ((s = graft_tensor_map_create(&kept))) goto done;
+            for (size_t i = 0; i < graft_tensor_map_size(state) && !s; i++) {
+                const char *name = graft_tensor_map_name(state, i);
+                if (strcmp(name, wkey) && strcmp(name, bkey))
+                    s = graft_tensor_map_put_copy(kept, name, graft_tensor_map_tensor(state, i));
+            }
+            graft_tensor_map_free(state);
+            state = kept;
+            if (s) goto done;
+            s = load_all_but(m, state, wkey, bkey);
+            if (!s)
+                graft_log(0, "%s was freshly initialised: the checkpoint's head has %lld outputs, the model %lld",
+                          m->head_path, (long long)got->shape[0], (long long)have->shape[0]);
+            goto done;
+        }
+    }
+    s = graft_model_load_state(m, state);
+done:
     graft_tensor_map_free(state);
     if (s) return graft_error_prefix(s, "%s", path);
     return GRAFT_OK;

@@ -135,8 +135,19 @@ expect_error forward_wrong_model_weights "$W_BN" -- forward --model "$PLAIN" --n
 grep -qE 'size mismatch|Missing key' "$WORK/forward_wrong_model_weights.err" ||
     fail "forward_wrong_model_weights: no 'size mismatch' or 'Missing key' in: $(cat "$WORK/forward_wrong_model_weights.err")"
 # the right model with another head width: a size mismatch of the head
+# without --num-classes the model keeps its 1000-way head: loading is strict
 expect_error forward_wrong_head_weights "$W_PLAIN" 'size mismatch' classifier.6.weight -- forward \
-    --model "$PLAIN" --num-classes 10 --weights "$W_PLAIN" --input "$IO_PLAIN" --output "$OUT"
+    --model "$PLAIN" --weights "$W_PLAIN" --input "$IO_PLAIN" --output "$OUT"
+
+# with --num-classes the checkpoint's head is not loaded when it differs: one line says so
+if ! "$GRAFT_BIN" forward --model "$PLAIN" --num-classes 10 --weights "$W_PLAIN" --input "$IO_PLAIN" \
+    --output "$WORK/new_head.safetensors" 2>"$WORK/new_head.err" >/dev/null; then
+    fail forward_new_head "exit status $? with a fresh 10-way head: $(cat "$WORK/new_head.err")"
+elif ! grep -q 'classifier.6 was freshly initialised: the checkpoint.s head has 5 outputs, the model 10' \
+    "$WORK/new_head.err"; then
+    fail forward_new_head "no line about the fresh head: $(cat "$WORK/new_head.err")"
+fi
+rm -f "$WORK/new_head.safetensors"
 
 # an io file (tensors input/output/...) is not a state dict
 expect_error forward_weights_not_state_dict "$IO_PLAIN" -- forward --model "$PLAIN" --num-classes 5 \

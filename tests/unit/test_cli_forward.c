@@ -236,8 +236,41 @@ static void train_mode_dropout_follows_seed(void **s) {
     graft_tensor_map_free(io2);
 }
 
+/* `graft forward --weights X.pth` on every layout torch.save writes matches the output
+ * PyTorch computed from the same file (tests/parity/gen_pth_forward.py). */
+static void pth_checkpoints_of_every_layout_match_pytorch(void **s) {
+    (void)s;
+    static const char *stems[] = {"vgg_zip", "vgg_legacy", "vgg_zip_p4", "vgg_legacy_p4", "vgg_fp16", "vgg_bf16",
+                                  "vgg_f64", "nested_state_dict", "nested_model", "dataparallel", "weird_prefix"};
+    const char *io_path = "parity/fixtures/pth/forward.io.safetensors";
+    graft_tensor_map *io;
+    if (graft_safetensors_load(io_path, &io)) fail_msg("%s", graft_errmsg());
+    const char *arch = graft_tensor_map_get_meta(io, "arch");
+    assert_non_null(arch);
+    for (size_t i = 0; i < sizeof stems / sizeof stems[0]; i++) {
+        char weights[256], out_path[512], key[128], tag[128];
+        snprintf(weights, sizeof weights, "parity/fixtures/pth/%s.pth", stems[i]);
+        snprintf(tag, sizeof tag, "pth-%s.safetensors", stems[i]);
+        fx_tmp_path(out_path, sizeof out_path, tag);
+        const char *args[] = {"forward", "--model", arch, "--num-classes", "10", "--weights", weights,
+                              "--input", io_path, "--output", out_path};
+        long ob, eb;
+        int rc = run_graft(args, 11, out_path, &ob, &eb);
+        if (rc) fail_msg("graft forward --weights %s exited with %d", weights, rc);
+        graft_tensor_map *out;
+        if (graft_safetensors_load(out_path, &out)) fail_msg("%s", graft_errmsg());
+        snprintf(key, sizeof key, "output.%s", stems[i]);
+        double e = rel_err(graft_tensor_map_get(out, "output"), graft_tensor_map_get(io, key));
+        if (!(e <= BOUND)) fail_msg("%s: relative error %.3g exceeds %.0e", weights, e, BOUND);
+        graft_tensor_map_free(out);
+        unlink(out_path);
+    }
+    graft_tensor_map_free(io);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(pth_checkpoints_of_every_layout_match_pytorch),
         cmocka_unit_test(plain32_eval_matches_pytorch),
         cmocka_unit_test(plain40_eval_matches_pytorch),
         cmocka_unit_test(bn32_eval_matches_pytorch),
