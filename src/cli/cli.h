@@ -40,5 +40,6 @@ int cmd_show(int argc, char **argv);
 int cmd_models(int argc, char **argv);
 int cmd_fetch(int argc, char **argv);
 int cmd_forward(int argc, char **argv);
+int cmd_convert(int argc, char **argv);
 
 #endif

@@ -14,6 +14,7 @@ static const struct {
 } COMMANDS[] = {
     {"show", cmd_show, "print a model as PyTorch does, with parameter counts"},
     {"forward", cmd_forward, "run a model on a tensor from a safetensors file"},
+    {"convert", cmd_convert, "write a .pth or safetensors file as safetensors"},
     {"models", cmd_models, "list the model zoo and its pretrained weights"},
     {"fetch", cmd_fetch, "download pretrained weights or a dataset, verified"},
 };
