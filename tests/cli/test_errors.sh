@@ -157,6 +157,19 @@ head -c 50000 "$W_PLAIN" >"$WORK/truncated.weights.safetensors"
 expect_error forward_truncated_weights "$WORK/truncated.weights.safetensors" -- forward --model "$PLAIN" \
     --num-classes 5 --weights "$WORK/truncated.weights.safetensors" --input "$IO_PLAIN" --output "$OUT"
 
+# hostile and broken PyTorch checkpoints: refused with one line, nothing executed
+PTH=parity/fixtures/pth
+expect_error forward_pickle_posix_system "$PTH/hostile_posix_system.pth" "posix.system" -- forward \
+    --model "$PLAIN" --num-classes 5 --weights "$PTH/hostile_posix_system.pth" --input "$IO_PLAIN" --output "$OUT"
+expect_error forward_pickle_builtins_eval "$PTH/hostile_builtins_eval.pth" "builtins.eval" -- forward \
+    --model "$PLAIN" --num-classes 5 --weights "$PTH/hostile_builtins_eval.pth" --input "$IO_PLAIN" --output "$OUT"
+for bad in zip_bomb expanded_view legacy_bad_count zip_short_storage truncated random whole_module; do
+    expect_error "forward_pth_$bad" "$PTH/$bad.pth" -- forward --model "$PLAIN" --num-classes 5 \
+        --weights "$PTH/$bad.pth" --input "$IO_PLAIN" --output "$OUT"
+done
+expect_error convert_hostile "$PTH/hostile_posix_system.pth" "posix.system" -- convert \
+    "$PTH/hostile_posix_system.pth" "$OUT"
+
 # ---- forward: input ------------------------------------------------------------
 
 expect_error forward_missing_input "$WORK/missing.io.safetensors" -- forward --model "$PLAIN" --num-classes 5 \
