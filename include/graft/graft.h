@@ -63,7 +63,8 @@ typedef enum graft_status {
     GRAFT_ERR_IO,          /* open/read/write/rename failed */
     GRAFT_ERR_FORMAT,      /* a file is malformed, truncated or hostile */
     GRAFT_ERR_NOTFOUND,    /* a name (model, tensor, key, module path) does not exist */
-    GRAFT_ERR_UNSUPPORTED  /* valid input that graft does not handle */
+    GRAFT_ERR_UNSUPPORTED, /* valid input that graft does not handle */
+    GRAFT_INTERRUPTED      /* training stopped on request; its state was saved */
 } graft_status;
 
 /* The message of the last failure on this thread ("" if none). */
@@ -291,6 +292,132 @@ GRAFT_API graft_status graft_pretrained_fetch(const graft_pretrained *p, const g
  * it must be [N, K] float32 and receives d(loss)/d(logits). */
 GRAFT_API graft_status graft_cross_entropy(const graft_tensor *logits, const graft_tensor *labels,
                                            double *loss, graft_tensor *grad_logits);
+
+/* ---- training ---------------------------------------------------------------- */
+
+/* Everything `graft train` can be told.  Start from graft_train_defaults(); strings
+ * are borrowed for the duration of graft_train. */
+typedef struct graft_train_config {
+    /* model */
+    const char *arch;            /* zoo name or VGG spec (required unless resuming) */
+    int64_t num_classes;         /* 0: the dataset's class count */
+    int pretrained;              /* torchvision's weights from the cache / a download */
+    const char *weights_version; /* NULL: torchvision's DEFAULT */
+    const char *weights;         /* a weights file instead (safetensors or .pth) */
+    int offline;                 /* never download */
+    const char *const *freeze;   /* module prefixes to freeze; "trunk": all but the head */
+    int nfreeze;
+    double dropout;              /* < 0: keep the architecture's */
+    /* data */
+    const char *data;            /* --data SPEC (required unless resuming) */
+    const char *classes;         /* --classes "5,6,7" or NULL */
+    int64_t per_class;           /* --per-class K, 0: all */
+    const char *transform;       /* training transform spec; NULL: the evaluation one */
+    const char *eval_transform;  /* NULL: derived from the data and the model */
+    int strict;                  /* unreadable images are errors */
+    int64_t batch_size;          /* default 64 */
+    int shuffle;                 /* default 1 */
+    int workers;                 /* loader threads, default 1 */
+    /* optimisation */
+    int64_t epochs;              /* default 10 */
+    const char *optimizer;       /* "sgd" (default), "adam", "adamw" */
+    double lr;                   /* default 0.001 */
+    double lr_head, lr_trunk;    /* < 0: lr (two parameter groups when either is set) */
+    double momentum, dampening;
+    double weight_decay;         /* < 0: the optimiser's PyTorch default (AdamW 0.01, else 0) */
+    int nesterov;
+    double beta1, beta2, eps;    /* Adam/AdamW; defaults PyTorch's */
+    const char *schedule;        /* "constant" (default), "step:step_size=..,gamma=..",
+                                    "cosine:t_max=..", with ",warmup=W" */
+    double label_smoothing;      /* default 0 */
+    int64_t max_steps;           /* > 0: stop (resumable) after this many steps in this run */
+    /* run */
+    uint64_t seed;               /* default 0 */
+    int threads;                 /* 0: GRAFT_NUM_THREADS or the cores */
+    const char *out_dir;         /* run folder (required) */
+    const char *resume_dir;      /* continue the run in this folder */
+    int feature_cache;           /* default 1 (frozen trunks are computed once) */
+} graft_train_config;
+
+GRAFT_API graft_train_config graft_train_defaults(void);
+
+/* Progress inside an epoch. */
+typedef struct graft_train_progress {
+    int64_t epoch, epochs;         /* 1-based */
+    int64_t step, steps;           /* batches done / in the epoch */
+    double loss, accuracy;         /* running means over the epoch so far */
+    double images_per_second, eta_seconds;
+    const char *phase;             /* "train", "eval", "cache" */
+} graft_train_progress;
+
+/* One epoch's results (what each line of metrics.jsonl holds). */
+typedef struct graft_epoch_report {
+    int64_t epoch;                 /* 1-based */
+    double lr;                     /* of the first parameter group */
+    double train_loss, train_accuracy;
+    int has_test;
+    double test_loss, test_top1, test_top5;
+    double images_per_second, seconds;
+} graft_epoch_report;
+
+typedef struct graft_train_callbacks {
+    void (*text)(void *user, const char *text);      /* summary and tables, for stdout */
+    void (*progress)(void *user, const graft_train_progress *p);
+    void (*epoch)(void *user, const graft_epoch_report *r);
+    int (*should_stop)(void *user);                  /* polled after every batch */
+    void *user;
+} graft_train_callbacks;
+
+/* Runs the recipe: model, data, frozen prefixes, optimiser and schedule from c, one
+ * evaluation per epoch, checkpoints and metrics into c->out_dir.  Returns
+ * GRAFT_INTERRUPTED (after saving a resumable state) when should_stop said so or
+ * max_steps was reached.  callbacks may be NULL. */
+GRAFT_API graft_status graft_train(const graft_train_config *c, const graft_train_callbacks *callbacks);
+
+/* ---- evaluation and prediction with a checkpoint -------------------------------- */
+
+typedef struct graft_eval_options {
+    const char *data;       /* --data SPEC; its test split (or val) is evaluated, else train */
+    int64_t batch_size;     /* 0: 64 */
+    int workers;            /* loader threads */
+    int strict;
+} graft_eval_options;
+
+typedef struct graft_eval_result {
+    int64_t samples;
+    double loss, top1, top5; /* mean cross-entropy; accuracies in [0, 1] */
+    char *report;            /* per-class accuracy and confusion matrix as text; free() */
+} graft_eval_result;
+
+/* Evaluates a checkpoint (see graft_train) on a dataset with the checkpoint's own
+ * evaluation transform.  When the dataset's class names differ from the checkpoint's,
+ * the checkpoint's classes are picked out of the dataset by name (a model trained with
+ * --classes evaluates on the full dataset without repeating them). */
+GRAFT_API graft_status graft_evaluate(const char *checkpoint, const graft_eval_options *o, graft_eval_result *r);
+
+/* A checkpoint as an image classifier, for applications. */
+typedef struct graft_classifier graft_classifier;
+
+typedef struct graft_prediction {
+    int64_t class_index;
+    const char *class_name;  /* owned by the classifier */
+    double probability;      /* softmax of the logits */
+} graft_prediction;
+
+/* Loads a checkpoint written by graft train; free with graft_classifier_free. */
+GRAFT_API graft_status graft_classifier_open(const char *checkpoint, graft_classifier **out);
+GRAFT_API void graft_classifier_free(graft_classifier *c);
+GRAFT_API int64_t graft_classifier_num_classes(const graft_classifier *c);
+GRAFT_API const char *graft_classifier_class_name(const graft_classifier *c, int64_t i);
+/* The evaluation transform the checkpoint applies to every image. */
+GRAFT_API const char *graft_classifier_transform(const graft_classifier *c);
+/* Classifies an 8-bit RGB image: height rows of width * 3 bytes, `stride` bytes apart
+ * (0: width * 3).  top receives the k most probable classes, most probable first. */
+GRAFT_API graft_status graft_classifier_classify(graft_classifier *c, const uint8_t *rgb, int width, int height,
+                                                 size_t stride, int k, graft_prediction *top);
+/* The same for a PNG, JPEG or BMP file (recognised by content). */
+GRAFT_API graft_status graft_classifier_classify_file(graft_classifier *c, const char *path, int k,
+                                                      graft_prediction *top);
 
 #ifdef __cplusplus
 }

@@ -41,5 +41,6 @@ int cmd_models(int argc, char **argv);
 int cmd_fetch(int argc, char **argv);
 int cmd_forward(int argc, char **argv);
 int cmd_convert(int argc, char **argv);
+int cmd_data(int argc, char **argv);
 
 #endif

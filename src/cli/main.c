@@ -17,6 +17,7 @@ static const struct {
     {"convert", cmd_convert, "write a .pth or safetensors file as safetensors"},
     {"models", cmd_models, "list the model zoo and its pretrained weights"},
     {"fetch", cmd_fetch, "download pretrained weights or a dataset, verified"},
+    {"data", cmd_data, "show a dataset's splits, classes and input shape; dump samples"},
 };
 
 int cli_fail(const char *fmt, ...) {

@@ -49,6 +49,7 @@ const char *graft_status_name(graft_status s) {
     case GRAFT_ERR_FORMAT: return "format error";
     case GRAFT_ERR_NOTFOUND: return "not found";
     case GRAFT_ERR_UNSUPPORTED: return "unsupported";
+    case GRAFT_INTERRUPTED: return "interrupted";
     }
     return "unknown status";
 }

@@ -134,6 +134,20 @@ const char *graft_model_arch(const graft_model *m) { return m->arch; }
 uint64_t graft_model_backward_op_count(const graft_model *m) { return m->ctx.backward_ops; }
 graft_module *graft_model_root(graft_model *m) { return m->root; }
 
+void graft_model_rng_get(const graft_model *m, uint64_t state[4]) {
+    for (int i = 0; i < 4; i++) state[i] = m->ctx.rng.s[i];
+}
+
+void graft_model_rng_set(graft_model *m, const uint64_t state[4]) {
+    for (int i = 0; i < 4; i++) m->ctx.rng.s[i] = state[i];
+}
+
+int64_t graft_model_in_channels(const graft_model *m) {
+    for (size_t i = 0; i < m->nstate; i++)
+        if (m->state[i].param && m->state[i].value->ndim == 4) return m->state[i].value->shape[1];
+    return -1;
+}
+
 char *graft_model_repr(const graft_model *m) {
     graft_strbuf sb;
     graft_strbuf_init(&sb);

@@ -157,5 +157,12 @@ double graft_cross_entropy_forward_backward(int64_t n, int64_t k, const float *l
                                             const int64_t *labels, float *dlogits);
 double graft_ref_cross_entropy(int64_t n, int64_t k, const double *logits,
                                const int64_t *labels, double *dlogits);
+/* The same with label smoothing eps in [0, 1]: the target is (1 - eps) one-hot + eps/k
+ * (nn.CrossEntropyLoss(label_smoothing=eps)). */
+double graft_cross_entropy_smooth_forward_backward(int64_t n, int64_t k, const float *logits,
+                                                   const int64_t *labels, double eps,
+                                                   float *dlogits);
+double graft_ref_cross_entropy_smooth(int64_t n, int64_t k, const double *logits,
+                                      const int64_t *labels, double eps, double *dlogits);
 
 #endif

@@ -57,15 +57,34 @@ static void cross_entropy_handles_large_logits_without_overflow(void **state) {
     for (int i = 0; i < 6; i++) assert_true(isfinite(dd[i]));
 }
 
+/* F.cross_entropy(hand logits, labels, label_smoothing=0.1) in PyTorch (float64):
+ * 0.8031091265562451, grad [[0.02834861991852355, 0.10569756886073216,
+ * -0.13404618877925578], [-0.30000000000000004, 0.15, 0.15]]. */
+static void label_smoothing_matches_pytorch(void **state) {
+    (void)state;
+    float d[6];
+    double loss = graft_cross_entropy_smooth_forward_backward(2, 3, hand_logits, hand_labels, 0.1, d);
+    assert_float_equal(loss, 0.8031091265562451, 1e-7);
+    const double want[6] = {0.02834861991852355, 0.10569756886073216, -0.13404618877925578,
+                            -0.30000000000000004, 0.15, 0.15};
+    for (int i = 0; i < 6; i++) assert_float_equal(d[i], want[i], 1e-7);
+    const double logits_d[6] = {1, 2, 3, 0, 0, 0};
+    double dd[6];
+    assert_float_equal(graft_ref_cross_entropy_smooth(2, 3, logits_d, hand_labels, 0.1, dd), 0.8031091265562451,
+                       1e-14);
+    for (int i = 0; i < 6; i++) assert_float_equal(dd[i], want[i], 1e-14);
+}
+
 typedef struct ce_ctx {
     int64_t n, k;
     double *logits;
     const int64_t *labels;
+    double eps;
 } ce_ctx;
 
 static double ce_loss(void *p) {
     ce_ctx *c = p;
-    return graft_ref_cross_entropy(c->n, c->k, c->logits, c->labels, NULL);
+    return graft_ref_cross_entropy_smooth(c->n, c->k, c->logits, c->labels, c->eps, NULL);
 }
 
 static void ref_cross_entropy_gradient_matches_finite_differences(void **state) {
@@ -78,7 +97,10 @@ static void ref_cross_entropy_gradient_matches_finite_differences(void **state) 
     tu_fill(&r, logits, N * K, -4, 4);
     for (int i = 0; i < N; i++) labels[i] = (int64_t)(graft_rng_uniform(&r) * K);
     graft_ref_cross_entropy(N, K, logits, labels, d);
-    ce_ctx c = {N, K, logits, labels};
+    ce_ctx c = {N, K, logits, labels, 0.0};
+    assert_true(tu_gradcheck(logits, N * K, d, ce_loss, &c, 1e-6) < 1e-8);
+    c.eps = 0.2; /* label smoothing */
+    graft_ref_cross_entropy_smooth(N, K, logits, labels, c.eps, d);
     assert_true(tu_gradcheck(logits, N * K, d, ce_loss, &c, 1e-6) < 1e-8);
 }
 
@@ -108,6 +130,7 @@ int main(void) {
         cmocka_unit_test(cross_entropy_matches_hand_computed_value),
         cmocka_unit_test(cross_entropy_gradient_is_softmax_minus_onehot_over_batch),
         cmocka_unit_test(cross_entropy_handles_large_logits_without_overflow),
+        cmocka_unit_test(label_smoothing_matches_pytorch),
         cmocka_unit_test(ref_cross_entropy_gradient_matches_finite_differences),
         cmocka_unit_test(cross_entropy_fast_matches_reference),
     };
