@@ -41,6 +41,9 @@ int cmd_models(int argc, char **argv);
 int cmd_fetch(int argc, char **argv);
 int cmd_forward(int argc, char **argv);
 int cmd_convert(int argc, char **argv);
+int cmd_train(int argc, char **argv);
+int cmd_eval(int argc, char **argv);
+int cmd_predict(int argc, char **argv);
 int cmd_data(int argc, char **argv);
 
 #endif

@@ -13,6 +13,9 @@ static const struct {
     const char *summary;
 } COMMANDS[] = {
     {"show", cmd_show, "print a model as PyTorch does, with parameter counts"},
+    {"train", cmd_train, "train a model: the transfer-learning recipe"},
+    {"eval", cmd_eval, "evaluate a checkpoint on a dataset"},
+    {"predict", cmd_predict, "classify images with a checkpoint"},
     {"forward", cmd_forward, "run a model on a tensor from a safetensors file"},
     {"convert", cmd_convert, "write a .pth or safetensors file as safetensors"},
     {"models", cmd_models, "list the model zoo and its pretrained weights"},

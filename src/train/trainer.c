@@ -1,0 +1,656 @@
+/* trainer.c — the transfer-learning recipe as one call: build or load the model, open
+ * the data, freeze, then per epoch train, evaluate, report and checkpoint.
+ *
+ * A run folder holds
+ *   metrics.jsonl            one JSON object per epoch
+ *   last.safetensors         the model after the last completed save (a checkpoint)
+ *   best.safetensors         the model with the best test top-1 so far
+ *   last.state.safetensors   what resuming needs besides the weights: optimiser state,
+ *                            the dropout generator, the position (epoch, step), partial
+ *                            epoch sums and the configuration
+ *   per_class.csv, confusion.csv   the final evaluation
+ * Every file is written atomically.  last.safetensors is written before its state and
+ * both carry the same save id, so a state that does not belong to the weights (a kill
+ * between the two renames) is recognised instead of silently mixed.
+ *
+ * Determinism: the batch order of epoch e and every random transform are functions of
+ * (seed, e, sample) (see data/loader.h) and dropout draws from the model's generator,
+ * which is saved; so with one thread a resumed run ends with the same weights as one
+ * that was never interrupted.  With more threads BLAS may split sums differently from
+ * run to run, so results agree only to rounding. */
+#include <errno.h>
+#include <stdarg.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include "core/error.h"
+#include "core/strbuf.h"
+#include "core/tensor.h"
+#include "data/loader.h"
+#include "data/spec.h"
+#include "data/transforms.h"
+#include "io/atomic_file.h"
+#include "nn/model.h"
+#include "ops/ops.h"
+#include "train/checkpoint.h"
+#include "train/config.h"
+#include "train/metrics.h"
+#include "train/optim.h"
+#include "train/schedule.h"
+
+#define STATE_FORMAT "graft-train-state"
+#define GRAY_MEAN_STD "0.449/0.226" /* the ImageNet statistics averaged over channels */
+
+typedef struct trainer {
+    graft_train_config c;              /* effective configuration */
+    const graft_train_callbacks *cb;
+    json_t *saved_config;              /* when resuming: owns the strings in c */
+    const char **saved_freeze;
+    graft_data *data;
+    graft_transforms *train_tf, *eval_tf;
+    char train_spec[512], eval_spec[512];
+    graft_loader *train_loader, *test_loader;
+    graft_model *model;
+    graft_optim *optim;
+    graft_schedule sched;
+    graft_metrics train_m, test_m;
+    graft_tensor dlogits;
+    char **class_names;                /* borrowed from the source */
+    char **frozen;                     /* effective frozen prefixes, owned */
+    int nfrozen;
+    int chw[3];
+    int64_t epoch;                     /* epochs completed */
+    int64_t step;                      /* batches completed in the current epoch */
+    int64_t steps_this_run;
+    int64_t save_id;
+    double best_top1;
+    graft_strbuf jsonl;                /* metrics.jsonl so far */
+} trainer;
+
+static double now_seconds(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
+}
+
+static void say(trainer *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void say(trainer *t, const char *fmt, ...) {
+    if (!t->cb || !t->cb->text) return;
+    char line[2048];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    t->cb->text(t->cb->user, line);
+}
+
+static void path_in(const trainer *t, const char *name, char *buf, size_t size) {
+    snprintf(buf, size, "%s/%s", t->c.out_dir, name);
+}
+
+static graft_status make_dir(const char *dir) {
+    if (mkdir(dir, 0777) == 0 || errno == EEXIST) {
+        struct stat st;
+        if (stat(dir, &st) == 0 && S_ISDIR(st.st_mode)) return GRAFT_OK;
+        return graft_error(GRAFT_ERR_IO, "%s: not a folder", dir);
+    }
+    return graft_error(GRAFT_ERR_IO, "%s: %s", dir, strerror(errno));
+}
+
+/* ---- set-up ---------------------------------------------------------------- */
+
+static graft_status add_frozen(trainer *t, const char *prefix) {
+    char **grown = realloc(t->frozen, (size_t)(t->nfrozen + 1) * sizeof *grown);
+    if (!grown) return graft_error(GRAFT_ERR_NOMEM, "out of memory");
+    t->frozen = grown;
+    if (!(t->frozen[t->nfrozen] = strdup(prefix))) return graft_error(GRAFT_ERR_NOMEM, "out of memory");
+    t->nfrozen++;
+    return GRAFT_OK;
+}
+
+/* --freeze: module prefixes; "trunk" is everything but the head. */
+static graft_status apply_freeze(trainer *t) {
+    const char *head = graft_model_head_path(t->model);
+    for (int i = 0; i < t->c.nfreeze; i++) {
+        const char *p = t->c.freeze[i];
+        graft_status s;
+        if (!strcmp(p, "trunk")) {
+            if ((s = graft_model_freeze(t->model, "", 1)) || (s = graft_model_freeze(t->model, head, 0))) return s;
+        } else if ((s = graft_model_freeze(t->model, p, 1))) {
+            return graft_error_prefix(s, "--freeze");
+        }
+        if ((s = add_frozen(t, p))) return s;
+    }
+    return GRAFT_OK;
+}
+
+static graft_status build_model(trainer *t, const char *resume_weights) {
+    const graft_train_config *c = &t->c;
+    if (!c->arch) return graft_error(GRAFT_ERR_INVALID, "--model is required");
+    graft_model_options o = graft_model_defaults();
+    o.num_classes = c->num_classes ? c->num_classes : graft_source_num_classes(t->data->train);
+    o.seed = c->seed;
+    o.init = resume_weights == NULL;
+    graft_status s = graft_model_create(c->arch, &o, &t->model);
+    if (s) return graft_error_prefix(s, "--model");
+    if (resume_weights) {
+        if ((s = graft_model_load_file(t->model, resume_weights, GRAFT_LOAD_STRICT))) return s;
+    } else if (c->pretrained) {
+        const graft_pretrained *p = graft_pretrained_find(c->arch, c->weights_version);
+        if (!p) return graft_error_prefix(GRAFT_ERR_NOTFOUND, "--pretrained");
+        char path[4096];
+        graft_fetch_options fo = {.offline = c->offline};
+        if ((s = graft_pretrained_fetch(p, &fo, path, sizeof path))) return graft_error_prefix(s, "--pretrained");
+        if ((s = graft_model_load_file(t->model, path, GRAFT_LOAD_NEW_HEAD))) return s;
+    } else if (c->weights) {
+        if ((s = graft_model_load_file(t->model, c->weights, GRAFT_LOAD_NEW_HEAD))) return graft_error_prefix(s, "--weights");
+    }
+    if (c->dropout >= 0 && (s = graft_model_set_dropout(t->model, c->dropout))) return s;
+    graft_model_set_seed(t->model, c->seed);
+    return apply_freeze(t);
+}
+
+/* The evaluation transform: what makes a sample of the data the model's input. */
+static graft_status default_eval_spec(trainer *t, char *buf, size_t size) {
+    const graft_source *src = t->data->train;
+    buf[0] = 0;
+    if (graft_source_kind(src) == GRAFT_SAMPLE_TENSOR) return GRAFT_OK; /* used as they are */
+    int c, h, w;
+    graft_source_shape(src, 0, &c, &h, &w);
+    int64_t model_c = graft_model_in_channels(t->model);
+    graft_strbuf sb;
+    graft_strbuf_init(&sb);
+    if (graft_source_path(src, 0)) graft_strbuf_append(&sb, "resize=256,centercrop=224,"); /* ImageNet's */
+    int out_c = c;
+    if (c == 1 && model_c == 3) graft_strbuf_append(&sb, "grayscale=3,"), out_c = 3;
+    if (c == 3 && model_c == 1) graft_strbuf_append(&sb, "grayscale=1,"), out_c = 1;
+    graft_strbuf_append(&sb, out_c == 3 ? "normalize=imagenet" : "normalize=" GRAY_MEAN_STD);
+    snprintf(buf, size, "%s", sb.data ? sb.data : "");
+    graft_strbuf_free(&sb);
+    return GRAFT_OK;
+}
+
+/* The training transform: the user's items, plus the evaluation transform's grayscale
+ * and normalize when the user's have none. */
+static void train_spec_from(const char *user, const char *eval, char *buf, size_t size) {
+    graft_strbuf sb;
+    graft_strbuf_init(&sb);
+    graft_strbuf_append(&sb, user);
+    const char *gray = strstr(eval, "grayscale=");
+    if (gray && !strstr(user, "grayscale")) graft_strbuf_printf(&sb, ",%.*s", (int)strcspn(gray, ","), gray);
+    const char *norm = strstr(eval, "normalize=");
+    if (norm && !strstr(user, "normalize")) graft_strbuf_printf(&sb, ",%s", norm);
+    snprintf(buf, size, "%s", sb.data ? sb.data : "");
+    graft_strbuf_free(&sb);
+}
+
+static graft_status build_data(trainer *t) {
+    const graft_train_config *c = &t->c;
+    if (!c->data) return graft_error(GRAFT_ERR_INVALID, "--data is required");
+    graft_data_options o = {.strict = c->strict != 0, .classes = c->classes, .per_class = c->per_class, .seed = c->seed};
+    graft_status s = graft_data_open(c->data, &o, &t->data);
+    if (s) return graft_error_prefix(s, "--data");
+    if (graft_source_len(t->data->train) == 0)
+        return graft_error(GRAFT_ERR_INVALID, "--data: %s has no training samples", c->data);
+    return GRAFT_OK;
+}
+
+static graft_status build_loaders(trainer *t) {
+    const graft_train_config *c = &t->c;
+    graft_status s;
+    if (c->eval_transform) snprintf(t->eval_spec, sizeof t->eval_spec, "%s", c->eval_transform);
+    else if ((s = default_eval_spec(t, t->eval_spec, sizeof t->eval_spec))) return s;
+    if (c->transform) train_spec_from(c->transform, t->eval_spec, t->train_spec, sizeof t->train_spec);
+    else snprintf(t->train_spec, sizeof t->train_spec, "%s", t->eval_spec);
+    bool tensors = graft_source_kind(t->data->train) == GRAFT_SAMPLE_TENSOR;
+    if (tensors && (c->transform || c->eval_transform))
+        return graft_error(GRAFT_ERR_INVALID, "--transform: float tensors are used as they are, without transforms");
+    if (!tensors) {
+        if ((s = graft_transforms_parse(t->train_spec, &t->train_tf))) return graft_error_prefix(s, "--transform");
+        if ((s = graft_transforms_parse(t->eval_spec, &t->eval_tf))) return graft_error_prefix(s, "--eval-transform");
+    }
+    graft_loader_options lo = graft_loader_defaults();
+    lo.batch_size = c->batch_size;
+    lo.shuffle = c->shuffle != 0;
+    lo.seed = c->seed;
+    lo.workers = c->workers;
+    lo.strict = c->strict != 0;
+    if ((s = graft_loader_create(t->data->train, t->train_tf, &lo, &t->train_loader))) return s;
+    graft_loader_sample_shape(t->train_loader, t->chw);
+    if (t->data->test && graft_source_len(t->data->test) > 0) {
+        lo.shuffle = false;
+        lo.seed = c->seed + 1;
+        if ((s = graft_loader_create(t->data->test, t->eval_tf, &lo, &t->test_loader))) return s;
+        int chw[3];
+        graft_loader_sample_shape(t->test_loader, chw);
+        if (memcmp(chw, t->chw, sizeof chw))
+            return graft_error(GRAFT_ERR_SHAPE,
+                               "--transform: training samples come out %dx%dx%d but evaluation samples %dx%dx%d",
+                               t->chw[0], t->chw[1], t->chw[2], chw[0], chw[1], chw[2]);
+    }
+    t->class_names = t->data->train->classes;
+    return GRAFT_OK;
+}
+
+static graft_status build_optimizer(trainer *t) {
+    const graft_train_config *c = &t->c;
+    graft_optim_kind kind;
+    graft_status s = graft_optim_kind_parse(c->optimizer ? c->optimizer : "sgd", &kind);
+    if (s) return graft_error_prefix(s, "--optimizer");
+    graft_optim_options o = graft_optim_defaults(kind);
+    bool groups = c->lr_head >= 0 || c->lr_trunk >= 0;
+    o.ngroups = groups ? 2 : 1;
+    o.lr[0] = c->lr_trunk >= 0 ? c->lr_trunk : c->lr;
+    o.lr[1] = c->lr_head >= 0 ? c->lr_head : c->lr;
+    if (c->weight_decay >= 0) o.weight_decay = c->weight_decay;
+    o.momentum = c->momentum;
+    o.dampening = c->dampening;
+    o.nesterov = c->nesterov;
+    o.beta1 = c->beta1;
+    o.beta2 = c->beta2;
+    o.eps = c->eps;
+    if ((s = graft_optim_check(&o))) return graft_error_prefix(s, "--optimizer");
+    int64_t trainable;
+    graft_model_param_counts(t->model, NULL, &trainable);
+    if (trainable == 0) return graft_error(GRAFT_ERR_INVALID, "--freeze: every parameter is frozen; nothing to train");
+    if ((s = graft_optim_create_for_model(t->model, &o, groups ? graft_model_head_path(t->model) : NULL, &t->optim)))
+        return s;
+    if ((s = graft_schedule_parse(c->schedule ? c->schedule : "constant", &t->sched)))
+        return graft_error_prefix(s, "--schedule");
+    return GRAFT_OK;
+}
+
+static graft_status check_config(const graft_train_config *c) {
+    if (!c->out_dir) return graft_error(GRAFT_ERR_INVALID, "--out is required");
+    if (c->batch_size < 1) return graft_error(GRAFT_ERR_INVALID, "--batch-size must be positive");
+    if (c->epochs < 1) return graft_error(GRAFT_ERR_INVALID, "--epochs must be positive");
+    if (!(c->label_smoothing >= 0 && c->label_smoothing <= 1))
+        return graft_error(GRAFT_ERR_INVALID, "--label-smoothing must be in [0, 1]");
+    if (c->pretrained && c->weights) return graft_error(GRAFT_ERR_INVALID, "--pretrained and --weights exclude each other");
+    if (c->workers < 0) return graft_error(GRAFT_ERR_INVALID, "--workers must not be negative");
+    return GRAFT_OK;
+}
+
+/* ---- resuming ---------------------------------------------------------------- */
+
+static graft_status read_state(trainer *t, graft_tensor_map **state) {
+    char path[4096];
+    path_in(t, "last.state.safetensors", path, sizeof path);
+    graft_status s = graft_safetensors_load(path, state);
+    if (s) return graft_error_prefix(s, "--resume");
+    const char *format = graft_tensor_map_get_meta(*state, "format");
+    if (!format || strcmp(format, STATE_FORMAT))
+        return graft_error(GRAFT_ERR_FORMAT, "--resume: %s is not a graft training state", path);
+    return GRAFT_OK;
+}
+
+static int64_t meta_i64(const graft_tensor_map *m, const char *key) {
+    const char *v = graft_tensor_map_get_meta(m, key);
+    return v ? strtoll(v, NULL, 10) : 0;
+}
+
+static double meta_f64(const graft_tensor_map *m, const char *key) {
+    const char *v = graft_tensor_map_get_meta(m, key);
+    return v ? strtod(v, NULL) : 0.0;
+}
+
+/* Replaces t->c by the configuration saved in the run folder (keeping the few settings
+ * that may change between sessions). */
+static graft_status load_saved_config(trainer *t, const graft_tensor_map *state) {
+    const char *text = graft_tensor_map_get_meta(state, "config");
+    json_error_t err;
+    if (!text || !(t->saved_config = json_loads(text, 0, &err)))
+        return graft_error(GRAFT_ERR_FORMAT, "--resume: the saved configuration is missing or unreadable");
+    graft_train_config given = t->c;
+    graft_status s = graft_train_config_from_json(t->saved_config, &t->c, &t->saved_freeze);
+    if (s) return graft_error_prefix(s, "--resume");
+    t->c.out_dir = given.resume_dir;
+    t->c.resume_dir = given.resume_dir;
+    t->c.threads = given.threads;
+    t->c.workers = given.workers;
+    t->c.offline = given.offline;
+    t->c.max_steps = given.max_steps;
+    if (given.epochs > 0) t->c.epochs = given.epochs;
+    return GRAFT_OK;
+}
+
+static graft_status restore_state(trainer *t, const graft_tensor_map *state) {
+    char path[4096];
+    path_in(t, "last.safetensors", path, sizeof path);
+    graft_tensor_map *weights;
+    graft_status s = graft_safetensors_load(path, &weights);
+    if (s) return graft_error_prefix(s, "--resume");
+    const char *a = graft_tensor_map_get_meta(weights, "save_id"), *b = graft_tensor_map_get_meta(state, "save_id");
+    bool match = a && b && !strcmp(a, b);
+    graft_tensor_map_free(weights);
+    if (!match)
+        return graft_error(GRAFT_ERR_FORMAT,
+                           "--resume: %s and last.state.safetensors come from different saves (interrupted while "
+                           "saving?); last.safetensors is a complete checkpoint but the run cannot resume exactly",
+                           path);
+    if ((s = graft_optim_state_import(t->optim, "optim.", state))) return graft_error_prefix(s, "--resume");
+    const graft_tensor *rng = graft_tensor_map_get(state, "rng");
+    if (!rng || rng->dtype != GRAFT_I64 || graft_tensor_numel(rng) != 4)
+        return graft_error(GRAFT_ERR_FORMAT, "--resume: the saved state has no generator state");
+    uint64_t r[4];
+    for (int i = 0; i < 4; i++) r[i] = (uint64_t)((const int64_t *)rng->data)[i];
+    graft_model_rng_set(t->model, r);
+    t->epoch = meta_i64(state, "epoch");
+    t->step = meta_i64(state, "step");
+    t->save_id = meta_i64(state, "save_id");
+    t->best_top1 = meta_f64(state, "best_top1");
+    t->train_m.loss_sum = meta_f64(state, "train_loss_sum");
+    t->train_m.top1 = meta_i64(state, "train_top1");
+    t->train_m.top5 = meta_i64(state, "train_top5");
+    t->train_m.seen = meta_i64(state, "train_seen");
+    const char *lines = graft_tensor_map_get_meta(state, "metrics_jsonl");
+    if (lines) graft_strbuf_append(&t->jsonl, lines);
+    return GRAFT_OK;
+}
+
+/* ---- saving -------------------------------------------------------------------- */
+
+static graft_status save_checkpoint(trainer *t, const char *name, int64_t epoch, bool with_id) {
+    char path[4096];
+    path_in(t, name, path, sizeof path);
+    graft_checkpoint_meta meta = {
+        .arch = (char *)graft_model_arch(t->model),
+        .num_classes = graft_model_num_classes(t->model),
+        .classes = t->class_names,
+        .transform = t->eval_spec,
+        .input_shape = {t->chw[0], t->chw[1], t->chw[2]},
+        .frozen = t->frozen,
+        .nfrozen = t->nfrozen,
+        .epoch = epoch,
+    };
+    meta.save_id = with_id ? t->save_id : 0;
+    return graft_checkpoint_save(path, t->model, &meta);
+}
+
+static graft_status save_state(trainer *t) {
+    graft_tensor_map *m;
+    graft_status s = graft_tensor_map_create(&m);
+    if (s) return s;
+    char buf[64], path[4096];
+    json_t *cj = graft_train_config_to_json(&t->c);
+    char *config = cj ? json_dumps(cj, JSON_COMPACT) : NULL;
+    json_decref(cj);
+    if (!config) s = graft_error(GRAFT_ERR_NOMEM, "out of memory");
+    if (!s) s = graft_optim_state_export(t->optim, "optim.", m);
+    int64_t shape[1] = {4};
+    graft_tensor *rng;
+    if (!s) s = graft_tensor_create(GRAFT_I64, 1, shape, &rng);
+    if (!s) {
+        uint64_t r[4];
+        graft_model_rng_get(t->model, r);
+        for (int i = 0; i < 4; i++) ((int64_t *)rng->data)[i] = (int64_t)r[i];
+        s = graft_tensor_map_put(m, "rng", rng);
+    }
+#define META(k, fmt, v)                                              \
+    if (!s) {                                                        \
+        snprintf(buf, sizeof buf, fmt, v);                           \
+        s = graft_tensor_map_set_meta(m, k, buf);                    \
+    }
+    if (!s) s = graft_tensor_map_set_meta(m, "format", STATE_FORMAT);
+    META("save_id", "%lld", (long long)t->save_id)
+    META("epoch", "%lld", (long long)t->epoch)
+    META("step", "%lld", (long long)t->step)
+    META("best_top1", "%.17g", t->best_top1)
+    META("train_loss_sum", "%.17g", t->train_m.loss_sum)
+    META("train_top1", "%lld", (long long)t->train_m.top1)
+    META("train_top5", "%lld", (long long)t->train_m.top5)
+    META("train_seen", "%lld", (long long)t->train_m.seen)
+#undef META
+    if (!s) s = graft_tensor_map_set_meta(m, "config", config);
+    if (!s) s = graft_tensor_map_set_meta(m, "metrics_jsonl", t->jsonl.data ? t->jsonl.data : "");
+    path_in(t, "last.state.safetensors", path, sizeof path);
+    if (!s) s = graft_safetensors_save(path, m);
+    free(config);
+    graft_tensor_map_free(m);
+    return s;
+}
+
+/* last.safetensors then its state, with a new save id. */
+static graft_status save_last(trainer *t) {
+    t->save_id++;
+    graft_status s = save_checkpoint(t, "last.safetensors", t->epoch, true);
+    if (!s) s = save_state(t);
+    return s;
+}
+
+static graft_status write_jsonl(trainer *t) {
+    char path[4096];
+    path_in(t, "metrics.jsonl", path, sizeof path);
+    graft_atomic_file af;
+    graft_status s = graft_atomic_open(&af, path);
+    if (s) return s;
+    if ((s = graft_atomic_write(&af, t->jsonl.data ? t->jsonl.data : "", t->jsonl.len))) {
+        graft_atomic_abort(&af);
+        return s;
+    }
+    return graft_atomic_commit(&af);
+}
+
+/* ---- the loop ------------------------------------------------------------------------ */
+
+/* seen_before: samples m had counted when this session's part of the epoch started. */
+static void report_progress(trainer *t, const char *phase, int64_t step, int64_t steps, const graft_metrics *m,
+                            int64_t seen_before, int64_t first_step, double started) {
+    if (!t->cb || !t->cb->progress) return;
+    double elapsed = now_seconds() - started;
+    graft_train_progress p = {
+        .epoch = t->epoch + 1,
+        .epochs = t->c.epochs,
+        .step = step,
+        .steps = steps,
+        .loss = graft_metrics_loss(m),
+        .accuracy = graft_metrics_top1(m),
+        .images_per_second = elapsed > 0 ? (double)(m->seen - seen_before) / elapsed : 0,
+        .eta_seconds = step > first_step ? elapsed / (double)(step - first_step) * (double)(steps - step) : 0,
+        .phase = phase,
+    };
+    t->cb->progress(t->cb->user, &p);
+}
+
+/* Evaluates the model on the test loader into t->test_m. */
+static graft_status evaluate(trainer *t) {
+    graft_metrics_reset(&t->test_m);
+    graft_model_set_training(t->model, 0);
+    graft_status s = graft_loader_start_epoch(t->test_loader, 0);
+    int64_t steps = graft_loader_num_batches(t->test_loader), step = 0;
+    double started = now_seconds();
+    while (!s) {
+        const graft_tensor *x, *y, *logits;
+        int done;
+        if ((s = graft_loader_next(t->test_loader, &x, &y, &done)) || done) break;
+        if ((s = graft_model_forward(t->model, x, &logits))) break;
+        int64_t n = x->shape[0], k = logits->shape[1];
+        double loss = graft_cross_entropy_smooth_forward_backward(n, k, logits->data, y->data, t->c.label_smoothing, NULL);
+        graft_metrics_add(&t->test_m, logits->data, y->data, n, loss);
+        report_progress(t, "eval", ++step, steps, &t->test_m, 0, 0, started);
+    }
+    return s;
+}
+
+static bool should_stop(trainer *t) {
+    if (t->c.max_steps > 0 && t->steps_this_run >= t->c.max_steps) return true;
+    return t->cb && t->cb->should_stop && t->cb->should_stop(t->cb->user);
+}
+
+/* One epoch of training from batch t->step on.  GRAFT_INTERRUPTED after a save when
+ * asked to stop. */
+static graft_status train_epoch(trainer *t) {
+    graft_model_set_training(t->model, 1);
+    graft_status s = graft_optim_apply_schedule(t->optim, &t->sched, t->epoch);
+    if (!s) s = graft_loader_start_epoch(t->train_loader, t->epoch);
+    int64_t steps = graft_loader_num_batches(t->train_loader);
+    const graft_tensor *x, *y, *logits;
+    int done = 0;
+    for (int64_t skip = 0; !s && skip < t->step; skip++) /* resuming mid-epoch */
+        s = graft_loader_next(t->train_loader, &x, &y, &done);
+    double started = now_seconds();
+    int64_t seen_before = t->train_m.seen, first_step = t->step;
+    while (!s) {
+        if ((s = graft_loader_next(t->train_loader, &x, &y, &done)) || done) break;
+        graft_model_zero_grad(t->model);
+        if ((s = graft_model_forward(t->model, x, &logits))) break;
+        int64_t n = logits->shape[0], k = logits->shape[1];
+        int64_t shape[2] = {n, k};
+        if ((s = graft_tensor_resize(&t->dlogits, 2, shape))) break;
+        double loss = graft_cross_entropy_smooth_forward_backward(n, k, logits->data, y->data, t->c.label_smoothing,
+                                                                 t->dlogits.data);
+        if (!isfinite(loss)) {
+            s = graft_error(GRAFT_ERR_INVALID, "non-finite loss (%g) at epoch %lld, step %lld; training stopped, the "
+                            "last saved checkpoint is kept", loss, (long long)t->epoch + 1, (long long)t->step + 1);
+            break;
+        }
+        graft_metrics_add(&t->train_m, logits->data, y->data, n, loss);
+        if ((s = graft_model_backward(t->model, &t->dlogits, NULL)) || (s = graft_optim_step(t->optim))) break;
+        t->step++;
+        t->steps_this_run++;
+        report_progress(t, "train", t->step, steps, &t->train_m, seen_before, first_step, started);
+        if (t->step < steps && should_stop(t)) {
+            if ((s = save_last(t))) return s;
+            return GRAFT_INTERRUPTED;
+        }
+    }
+    return s;
+}
+
+static graft_status run_epochs(trainer *t) {
+    graft_status s = GRAFT_OK;
+    while (!s && t->epoch < t->c.epochs) {
+        double started = now_seconds();
+        int64_t seen_before = t->train_m.seen;
+        if ((s = train_epoch(t))) return s;
+        double train_seconds = now_seconds() - started;
+        graft_epoch_report r = {
+            .epoch = t->epoch + 1,
+            .lr = graft_optim_lr(t->optim, 0),
+            .train_loss = graft_metrics_loss(&t->train_m),
+            .train_accuracy = graft_metrics_top1(&t->train_m),
+            .images_per_second = train_seconds > 0 ? (double)(t->train_m.seen - seen_before) / train_seconds : 0,
+        };
+        if (t->test_loader) {
+            if ((s = evaluate(t))) return s;
+            r.has_test = 1;
+            r.test_loss = graft_metrics_loss(&t->test_m);
+            r.test_top1 = graft_metrics_top1(&t->test_m);
+            r.test_top5 = graft_metrics_top5(&t->test_m);
+        }
+        r.seconds = now_seconds() - started;
+        t->epoch++;
+        t->step = 0;
+        graft_metrics_reset(&t->train_m);
+        graft_strbuf_printf(&t->jsonl,
+                            "{\"epoch\":%lld,\"lr\":%.9g,\"train_loss\":%.9g,\"train_accuracy\":%.9g",
+                            (long long)r.epoch, r.lr, r.train_loss, r.train_accuracy);
+        if (r.has_test)
+            graft_strbuf_printf(&t->jsonl, ",\"test_loss\":%.9g,\"test_top1\":%.9g,\"test_top5\":%.9g", r.test_loss,
+                                r.test_top1, r.test_top5);
+        graft_strbuf_printf(&t->jsonl, ",\"images_per_s\":%.1f,\"seconds\":%.3f}\n", r.images_per_second, r.seconds);
+        if ((s = write_jsonl(t))) return s;
+        double score = r.has_test ? r.test_top1 : r.train_accuracy;
+        bool best = t->epoch == 1 || score > t->best_top1;
+        if (best) t->best_top1 = score;
+        if ((s = save_last(t))) return s;
+        if (best && (s = save_checkpoint(t, "best.safetensors", t->epoch, false))) return s;
+        if (t->cb && t->cb->epoch) t->cb->epoch(t->cb->user, &r);
+        if (t->epoch < t->c.epochs && should_stop(t)) return GRAFT_INTERRUPTED;
+    }
+    return s;
+}
+
+static void summary(trainer *t) {
+    int64_t total, trainable;
+    graft_model_param_counts(t->model, &total, &trainable);
+    graft_strbuf fr;
+    graft_strbuf_init(&fr);
+    for (int i = 0; i < t->nfrozen; i++) graft_strbuf_printf(&fr, "%s%s", i ? ", " : "", t->frozen[i]);
+    say(t, "model: %s, %lld classes (head %s); %lld parameters: %lld trainable, %lld frozen%s%s%s",
+        graft_model_arch(t->model), (long long)graft_model_num_classes(t->model), graft_model_head_path(t->model),
+        (long long)total, (long long)trainable, (long long)(total - trainable), fr.data ? " (" : "",
+        fr.data ? fr.data : "", fr.data ? ")" : "");
+    graft_strbuf_free(&fr);
+    say(t, "data: %s; train %lld, %s %lld images; input %dx%dx%d", t->data->where,
+        (long long)graft_source_len(t->data->train), t->data->test_name,
+        (long long)(t->data->test ? graft_source_len(t->data->test) : 0), t->chw[0], t->chw[1], t->chw[2]);
+    say(t, "transforms: train \"%s\", eval \"%s\"", t->train_spec, t->eval_spec);
+    char sched[256];
+    graft_schedule_format(&t->sched, sched, sizeof sched);
+    say(t, "optimizer: %s, lr %g%s, schedule %s; batch %lld, %lld epochs, seed %llu, %d threads%s",
+        t->c.optimizer ? t->c.optimizer : "sgd", t->c.lr,
+        t->c.lr_head >= 0 || t->c.lr_trunk >= 0 ? " (head/trunk groups)" : "", sched, (long long)t->c.batch_size,
+        (long long)t->c.epochs, (unsigned long long)t->c.seed, graft_num_threads(),
+        t->epoch || t->step ? " (resumed)" : "");
+    if (t->epoch || t->step)
+        say(t, "resuming at epoch %lld, step %lld", (long long)t->epoch + 1, (long long)t->step);
+}
+
+static void trainer_free(trainer *t) {
+    graft_optim_free(t->optim);
+    graft_loader_free(t->train_loader);
+    graft_loader_free(t->test_loader);
+    graft_transforms_free(t->train_tf);
+    graft_transforms_free(t->eval_tf);
+    graft_model_free(t->model);
+    graft_data_free(t->data);
+    graft_metrics_release(&t->train_m);
+    graft_metrics_release(&t->test_m);
+    graft_tensor_release(&t->dlogits);
+    for (int i = 0; i < t->nfrozen; i++) free(t->frozen[i]);
+    free(t->frozen);
+    free(t->saved_freeze);
+    json_decref(t->saved_config);
+    graft_strbuf_free(&t->jsonl);
+}
+
+graft_status graft_train(const graft_train_config *config, const graft_train_callbacks *callbacks) {
+    trainer t;
+    memset(&t, 0, sizeof t);
+    t.c = *config;
+    t.cb = callbacks;
+    graft_tensor_init(&t.dlogits, GRAFT_F32);
+    graft_strbuf_init(&t.jsonl);
+    graft_tensor_map *state = NULL;
+    graft_status s = GRAFT_OK;
+    if (t.c.resume_dir) {
+        t.c.out_dir = t.c.resume_dir;
+        if (!(s = read_state(&t, &state))) s = load_saved_config(&t, state);
+    }
+    if (!s) s = check_config(&t.c);
+    if (!s) s = graft_set_num_threads(t.c.threads);
+    if (!s) s = make_dir(t.c.out_dir);
+    if (!s) s = build_data(&t);
+    char resume_weights[4096];
+    path_in(&t, "last.safetensors", resume_weights, sizeof resume_weights);
+    if (!s) s = build_model(&t, state ? resume_weights : NULL);
+    if (!s) s = build_loaders(&t);
+    if (!s) s = build_optimizer(&t);
+    int64_t k = t.model ? graft_model_num_classes(t.model) : 0;
+    if (!s && graft_source_num_classes(t.data->train) > k)
+        s = graft_error(GRAFT_ERR_INVALID, "--num-classes %lld is fewer than the %lld classes of the data", (long long)k,
+                        (long long)graft_source_num_classes(t.data->train));
+    if (!s) s = graft_metrics_init(&t.train_m, k);
+    if (!s) s = graft_metrics_init(&t.test_m, k);
+    if (!s && state) s = restore_state(&t, state);
+    graft_tensor_map_free(state);
+    if (!s) summary(&t);
+    if (!s) s = run_epochs(&t);
+    if (!s && t.test_loader && t.test_m.seen == 0) s = evaluate(&t); /* resumed a finished run */
+    if (!s && t.test_loader) {
+        graft_strbuf tables;
+        graft_strbuf_init(&tables);
+        graft_metrics_tables(&t.test_m, t.class_names, &tables);
+        if (tables.data) say(&t, "\n%s", tables.data);
+        graft_strbuf_free(&tables);
+        s = graft_metrics_write_csv(&t.test_m, t.class_names, t.c.out_dir);
+    }
+    trainer_free(&t);
+    return s;
+}
