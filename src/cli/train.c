@@ -208,7 +208,7 @@ int cmd_train(int argc, char **argv) {
             epochs_given = 1;
             break;
         case O_OPTIMIZER: c.optimizer = optarg; break;
-        case O_LR: if (parse_real("--lr", optarg, 0, 1e6, &c.lr)) return CLI_EXIT_USAGE; break;
+        case O_LR: if (parse_real("--lr", optarg, 0, 1e300, &c.lr)) return CLI_EXIT_USAGE; break;
         case O_LR_HEAD: if (parse_real("--lr-head", optarg, 0, 1e6, &c.lr_head)) return CLI_EXIT_USAGE; break;
         case O_LR_TRUNK: if (parse_real("--lr-trunk", optarg, 0, 1e6, &c.lr_trunk)) return CLI_EXIT_USAGE; break;
         case O_MOMENTUM: if (parse_real("--momentum", optarg, 0, 1e6, &c.momentum)) return CLI_EXIT_USAGE; break;

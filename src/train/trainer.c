@@ -577,9 +577,11 @@ static void summary(trainer *t) {
         (long long)total, (long long)trainable, (long long)(total - trainable), fr.data ? " (" : "",
         fr.data ? fr.data : "", fr.data ? ")" : "");
     graft_strbuf_free(&fr);
-    say(t, "data: %s; train %lld, %s %lld images; input %dx%dx%d", t->data->where,
-        (long long)graft_source_len(t->data->train), t->data->test_name,
-        (long long)(t->data->test ? graft_source_len(t->data->test) : 0), t->chw[0], t->chw[1], t->chw[2]);
+    char test[64] = "no test split";
+    if (t->test_loader)
+        snprintf(test, sizeof test, "%s %lld images", t->data->test_name, (long long)graft_source_len(t->data->test));
+    say(t, "data: %s; train %lld images, %s; input %dx%dx%d", t->data->where,
+        (long long)graft_source_len(t->data->train), test, t->chw[0], t->chw[1], t->chw[2]);
     say(t, "transforms: train \"%s\", eval \"%s\"", t->train_spec, t->eval_spec);
     char sched[256];
     graft_schedule_format(&t->sched, sched, sizeof sched);
@@ -642,12 +644,23 @@ graft_status graft_train(const graft_train_config *config, const graft_train_cal
     graft_tensor_map_free(state);
     if (!s) summary(&t);
     if (!s) s = run_epochs(&t);
-    if (!s && t.test_loader && t.test_m.seen == 0) s = evaluate(&t); /* resumed a finished run */
-    if (!s && t.test_loader) {
+    const char *split = t.data ? t.data->test_name : "test";
+    if (!s && !t.test_loader) { /* no test split: the final report is on the training data */
+        graft_loader_options lo = graft_loader_defaults();
+        lo.batch_size = t.c.batch_size;
+        lo.workers = t.c.workers;
+        lo.strict = t.c.strict != 0;
+        split = "training";
+        s = graft_loader_create(t.data->train, t.eval_tf, &lo, &t.test_loader);
+    }
+    if (!s && t.test_m.seen == 0) s = evaluate(&t); /* resumed a finished run, or no test split */
+    if (!s) {
+        say(&t, "\n%s split: loss %.4f, top-1 %.2f%%, top-5 %.2f%%", split, graft_metrics_loss(&t.test_m),
+            100 * graft_metrics_top1(&t.test_m), 100 * graft_metrics_top5(&t.test_m));
         graft_strbuf tables;
         graft_strbuf_init(&tables);
         graft_metrics_tables(&t.test_m, t.class_names, &tables);
-        if (tables.data) say(&t, "\n%s", tables.data);
+        if (tables.data) say(&t, "%s", tables.data);
         graft_strbuf_free(&tables);
         s = graft_metrics_write_csv(&t.test_m, t.class_names, t.c.out_dir);
     }
