@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "core/error.h"
+#include "io/fs.h"
 #include "data/spec.h"
 #include "io/download.h"
 #include "io/hash.h"
@@ -62,24 +63,6 @@ graft_status graft_cifar_url(const graft_cifar_archive *a, char *buf, size_t siz
 static graft_status join(char *out, const char *a, const char *b) {
     int n = snprintf(out, PATH_BYTES, "%s/%s", a, b);
     if (n < 0 || n >= PATH_BYTES) return graft_error(GRAFT_ERR_INVALID, "%s/%s: path too long", a, b);
-    return GRAFT_OK;
-}
-
-/* mkdir -p */
-static graft_status make_dirs(const char *dir) {
-    char path[PATH_BYTES];
-    if (snprintf(path, sizeof path, "%s", dir) >= (int)sizeof path)
-        return graft_error(GRAFT_ERR_INVALID, "%s: path too long", dir);
-    for (char *p = path + 1;; p++) {
-        if (*p == '/' || *p == 0) {
-            char keep = *p;
-            *p = 0;
-            if (mkdir(path, 0777) != 0 && errno != EEXIST)
-                return graft_error(GRAFT_ERR_IO, "%s: %s", path, strerror(errno));
-            *p = keep;
-            if (!keep) break;
-        }
-    }
     return GRAFT_OK;
 }
 
@@ -321,7 +304,7 @@ graft_status graft_cifar_fetch(const graft_cifar_archive *a, const char *root,
     if ((o && o->offline) || offline_from_env())
         return graft_error(GRAFT_ERR_NOTFOUND, "%s: offline and not in %s: download %s and unpack it "
                                                "there", a->name, root, url);
-    if ((s = make_dirs(root))) return s;
+    if ((s = graft_make_dirs(root))) return s;
 
     /* the archive: reuse a verified one, else download (verified, atomic) */
     char hex[GRAFT_HASH_HEX_BYTES];

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "core/error.h"
+#include "io/fs.h"
 #include "io/download.h"
 
 #define DEFAULT_URL_BASE "https://download.pytorch.org/models/"
@@ -83,24 +84,6 @@ graft_status graft_cache_dir(char *buf, size_t size) {
     return GRAFT_OK;
 }
 
-/* mkdir -p */
-static graft_status make_dirs(const char *dir) {
-    char path[4096];
-    if (snprintf(path, sizeof path, "%s", dir) >= (int)sizeof path)
-        return graft_error(GRAFT_ERR_INVALID, "%s: path too long", dir);
-    for (char *p = path + 1;; p++) {
-        if (*p == '/' || *p == 0) {
-            char keep = *p;
-            *p = 0;
-            if (mkdir(path, 0777) != 0 && errno != EEXIST)
-                return graft_error(GRAFT_ERR_IO, "%s: %s", path, strerror(errno));
-            *p = keep;
-            if (!keep) break;
-        }
-    }
-    return GRAFT_OK;
-}
-
 static int offline_from_env(void) {
     const char *v = getenv("GRAFT_OFFLINE");
     return v && *v && strcmp(v, "0") != 0;
@@ -117,7 +100,7 @@ graft_status graft_pretrained_fetch(const graft_pretrained *p, const graft_fetch
     if ((o && o->offline) || offline_from_env())
         return graft_error(GRAFT_ERR_NOTFOUND, "%s: offline and not cached: download %s and put it in %s/", p->arch,
                            url, dir);
-    if ((s = make_dirs(dir))) return s;
+    if ((s = graft_make_dirs(dir))) return s;
     graft_download_options d = {.expected = p->sha256_prefix, .hash = GRAFT_HASH_SHA256,
                                 .progress = o ? o->progress : NULL, .user = o ? o->user : NULL};
     return graft_download(url, path, &d);

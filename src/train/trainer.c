@@ -35,6 +35,7 @@
 #include "data/spec.h"
 #include "data/transforms.h"
 #include "io/atomic_file.h"
+#include "io/fs.h"
 #include "nn/model.h"
 #include "ops/ops.h"
 #include "train/checkpoint.h"
@@ -91,15 +92,6 @@ static void say(trainer *t, const char *fmt, ...) {
 
 static void path_in(const trainer *t, const char *name, char *buf, size_t size) {
     snprintf(buf, size, "%s/%s", t->c.out_dir, name);
-}
-
-static graft_status make_dir(const char *dir) {
-    if (mkdir(dir, 0777) == 0 || errno == EEXIST) {
-        struct stat st;
-        if (stat(dir, &st) == 0 && S_ISDIR(st.st_mode)) return GRAFT_OK;
-        return graft_error(GRAFT_ERR_IO, "%s: not a folder", dir);
-    }
-    return graft_error(GRAFT_ERR_IO, "%s: %s", dir, strerror(errno));
 }
 
 /* ---- set-up ---------------------------------------------------------------- */
@@ -627,7 +619,7 @@ graft_status graft_train(const graft_train_config *config, const graft_train_cal
     }
     if (!s) s = check_config(&t.c);
     if (!s) s = graft_set_num_threads(t.c.threads);
-    if (!s) s = make_dir(t.c.out_dir);
+    if (!s) s = graft_make_dirs(t.c.out_dir);
     if (!s) s = build_data(&t);
     char resume_weights[4096];
     path_in(&t, "last.safetensors", resume_weights, sizeof resume_weights);
