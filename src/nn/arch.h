@@ -12,7 +12,13 @@
 #include "nn/module.h"
 
 typedef struct graft_arch_info {
-    const char *head_path; /* "classifier.6" (static string) */
+    const char *head_path;      /* "classifier.6" (static string) */
+    /* The root's forward as a sequence of steps, each a module run one after the other
+     * (VGG: features, avgpool, flatten, classifier; flatten is not a registered child).
+     * Owned by the root; the feature cache runs a prefix of them once and the rest per
+     * batch. */
+    graft_module *const *steps;
+    int nsteps;
 } graft_arch_info;
 
 /* Returns GRAFT_ERR_NOTFOUND (without touching *root) when arch is not a VGG name/spec. */

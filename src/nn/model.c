@@ -22,6 +22,8 @@ struct graft_model {
     char *arch;
     graft_module *root;
     const char *head_path;
+    graft_module *const *steps; /* the root's forward, step by step (arch.h) */
+    int nsteps;
     graft_ctx ctx;
     state_entry *state;
     size_t nstate;
@@ -109,6 +111,8 @@ graft_status graft_model_create(const char *arch, const graft_model_options *opt
     if (s == GRAFT_ERR_NOTFOUND) s = describe_unknown_arch(arch);
     if (s) goto fail;
     m->head_path = info.head_path;
+    m->steps = info.steps;
+    m->nsteps = info.nsteps;
     if ((s = index_state(m))) goto fail;
     if (o.num_classes > 0 && o.num_classes != graft_model_num_classes(m) &&
         (s = graft_model_replace_linear(m, m->head_path, o.num_classes, graft_rng_u64(&rng))))

@@ -255,5 +255,7 @@ graft_status graft_vgg_build(const char *arch, bool init, graft_rng *rng, graft_
     if ((s = build(&spec, root))) return s;
     if (init) init_vgg(*root, rng);
     info->head_path = "classifier.6";
+    info->steps = ((vgg_cfg *)(*root)->cfg)->steps;
+    info->nsteps = 4;
     return GRAFT_OK;
 }
