@@ -62,10 +62,12 @@ static void on_progress(void *user, const graft_train_progress *p) {
     }
     u->last_line = t;
     int eta = (int)p->eta_seconds;
-    fprintf(stderr, "%sepoch %lld/%lld %s %lld/%lld  loss %.4f  acc %5.1f%%  %.0f img/s  ETA %d:%02d%s",
-            u->tty ? "\r" : "", (long long)p->epoch, (long long)p->epochs, p->phase, (long long)p->step,
-            (long long)p->steps, isnan(p->loss) ? 0.0 : p->loss, isnan(p->accuracy) ? 0.0 : 100 * p->accuracy,
-            p->images_per_second, eta / 60, eta % 60, u->tty ? "\033[K" : "\n");
+    char stats[96] = "";
+    if (!isnan(p->loss))
+        snprintf(stats, sizeof stats, "  loss %.4f  acc %5.1f%%  %.0f img/s  ETA %d:%02d", p->loss,
+                 isnan(p->accuracy) ? 0.0 : 100 * p->accuracy, p->images_per_second, eta / 60, eta % 60);
+    fprintf(stderr, "%sepoch %lld/%lld %s %lld/%lld%s%s", u->tty ? "\r" : "", (long long)p->epoch,
+            (long long)p->epochs, p->phase, (long long)p->step, (long long)p->steps, stats, u->tty ? "\033[K" : "\n");
     u->line_open = u->tty;
     fflush(stderr);
 }

@@ -382,6 +382,24 @@ int64_t graft_loader_skipped(const graft_loader *l) {
     return (int64_t)atomic_load(&((graft_loader *)l)->skipped);
 }
 
+void graft_loader_epoch_order(const graft_loader *l, int64_t epoch, int64_t *order) {
+    for (int64_t i = 0; i < l->n; i++) order[i] = i;
+    if (l->o.shuffle) { /* Fisher-Yates from (seed, epoch) */
+        graft_rng r;
+        seed_stream(&r, l->o.seed, (uint64_t)epoch, UINT64_MAX);
+        for (int64_t i = l->n - 1; i > 0; i--) {
+            int64_t j = (int64_t)(graft_rng_u64(&r) % (uint64_t)(i + 1));
+            int64_t t = order[i];
+            order[i] = order[j];
+            order[j] = t;
+        }
+    }
+}
+
+void graft_loader_sample_rng(const graft_loader *l, int64_t epoch, int64_t index, graft_rng *r) {
+    seed_stream(r, l->o.seed, (uint64_t)epoch, (uint64_t)index);
+}
+
 graft_status graft_loader_start_epoch(graft_loader *l, int64_t epoch) {
     if (epoch < 0) return graft_error(GRAFT_ERR_INVALID, "epoch %lld is negative", (long long)epoch);
     pthread_mutex_lock(&l->mu);
@@ -389,17 +407,7 @@ graft_status graft_loader_start_epoch(graft_loader *l, int64_t epoch) {
     while (l->inflight > 0) pthread_cond_wait(&l->ready_cv, &l->mu);
     /* No worker touches the slots or the order now. */
     l->epoch = epoch;
-    for (int64_t i = 0; i < l->n; i++) l->perm[i] = i;
-    if (l->o.shuffle) { /* Fisher-Yates from (seed, epoch) */
-        graft_rng r;
-        seed_stream(&r, l->o.seed, (uint64_t)epoch, UINT64_MAX);
-        for (int64_t i = l->n - 1; i > 0; i--) {
-            int64_t j = (int64_t)(graft_rng_u64(&r) % (uint64_t)(i + 1));
-            int64_t t = l->perm[i];
-            l->perm[i] = l->perm[j];
-            l->perm[j] = t;
-        }
-    }
+    graft_loader_epoch_order(l, epoch, l->perm);
     for (int i = 0; i < l->nslots; i++) {
         l->slots[i].state = SLOT_FREE;
         l->slots[i].batch = -1;

@@ -90,6 +90,12 @@ graft_status graft_loader_start_epoch(graft_loader *l, int64_t epoch);
  * start a new one. */
 graft_status graft_loader_next(graft_loader *l, const graft_tensor **images,
                                const graft_tensor **labels, int *done);
+/* Epoch e's order: the source indices start_epoch(e) visits, graft_source_len entries
+ * (the first graft_loader_num_samples of them are used).  The feature cache replays
+ * epochs with it. */
+void graft_loader_epoch_order(const graft_loader *l, int64_t epoch, int64_t *order);
+/* The generator the transforms of source sample `index` draw from in epoch e. */
+void graft_loader_sample_rng(const graft_loader *l, int64_t epoch, int64_t index, graft_rng *r);
 /* The dataset index of sample j of the last batch (for reports naming the files). */
 int64_t graft_loader_batch_index(const graft_loader *l, int64_t j);
 

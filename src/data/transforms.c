@@ -347,6 +347,35 @@ bool graft_transforms_is_random(const graft_transforms *t) {
     return false;
 }
 
+bool graft_transforms_flip_variants(const graft_transforms *t, char *off, char *on, size_t size) {
+    int flips = 0;
+    for (int i = 0; i < t->n; i++) {
+        const op *o = &t->ops[i];
+        if (o->kind == OP_RANDOM_CROP) return false;
+        if (strlen(o->item) + 1 >= sizeof o->item) return false; /* truncated: cannot rebuild */
+        if (o->kind == OP_HFLIP && o->p > 0.0 && o->p < 1.0) flips++;
+    }
+    if (flips != 1) return false;
+    size_t a = 0, b = 0;
+    off[0] = on[0] = 0;
+    for (int i = 0; i < t->n; i++) {
+        const op *o = &t->ops[i];
+        bool random_flip = o->kind == OP_HFLIP && o->p > 0.0 && o->p < 1.0;
+        const char *sep = i ? "," : "";
+        a += (size_t)snprintf(off + a, a < size ? size - a : 0, "%s%s", sep, random_flip ? "hflip=0" : o->item);
+        b += (size_t)snprintf(on + b, b < size ? size - b : 0, "%s%s", sep, random_flip ? "hflip=1" : o->item);
+    }
+    return a < size && b < size;
+}
+
+bool graft_transforms_draw_flip(const graft_transforms *t, graft_rng *rng) {
+    for (int i = 0; i < t->n; i++) {
+        const op *o = &t->ops[i];
+        if (o->kind == OP_HFLIP && o->p > 0.0 && o->p < 1.0) return graft_rng_uniform(rng) < o->p;
+    }
+    return false;
+}
+
 /* -- parsing -- */
 
 static graft_status item_error(int index, const char *item, const char *fmt, ...)

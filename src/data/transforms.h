@@ -120,6 +120,14 @@ const char *graft_transforms_spec(const graft_transforms *t);
  * a deterministic pipeline may be applied with rng == NULL. */
 bool graft_transforms_is_random(const graft_transforms *t);
 
+/* For the feature cache: when the pipeline's only randomness is one horizontal flip
+ * with 0 < p < 1, returns true and writes into off and on the same pipeline's spec with
+ * that flip never and always applied ("hflip=0", "hflip=1" in its place). */
+bool graft_transforms_flip_variants(const graft_transforms *t, char *off, char *on, size_t size);
+/* Whether graft_transforms_apply with this rng would flip: draws exactly as apply does.
+ * Only for pipelines for which graft_transforms_flip_variants is true. */
+bool graft_transforms_draw_flip(const graft_transforms *t, graft_rng *rng);
+
 /* The output shape (c, h, w) for an h × w × c input, or GRAFT_ERR_SHAPE naming the
  * transform that cannot take it (a random crop larger than the padded image, a
  * normalize with the wrong number of channels, a size beyond the image limits). */

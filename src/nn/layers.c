@@ -488,6 +488,10 @@ graft_module *graft_dropout_new(double p) {
     return m;
 }
 
+double graft_dropout_p(const graft_module *m) {
+    return m->type == &dropout_type ? ((const dropout_cfg *)m->cfg)->p : 0.0;
+}
+
 bool graft_dropout_set_p(graft_module *m, double p) {
     if (m->type != &dropout_type || !(p >= 0 && p <= 1)) return false;
     ((dropout_cfg *)m->cfg)->p = p;

@@ -33,6 +33,8 @@ graft_module *graft_sequential_new(void);
 
 /* Dropout's probability, for --dropout overrides; false if m is not a Dropout. */
 bool graft_dropout_set_p(graft_module *m, double p);
+/* Dropout's probability (0 if m is not a Dropout). */
+double graft_dropout_p(const graft_module *m);
 bool graft_module_is(const graft_module *m, const char *type_name);
 
 /* Runs steps[0..n) one after the other.  Backward goes in reverse and stops below the

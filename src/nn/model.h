@@ -2,6 +2,7 @@
 #ifndef GRAFT_NN_MODEL_H
 #define GRAFT_NN_MODEL_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "graft/graft.h"
@@ -15,6 +16,18 @@ graft_module *graft_model_root(graft_model *m);
 /* The dropout generator's state, for checkpoints that resume bit-exactly. */
 void graft_model_rng_get(const graft_model *m, uint64_t state[4]);
 void graft_model_rng_set(graft_model *m, const uint64_t state[4]);
+/* The root's forward as steps (arch.h): how many, and the index of the first step
+ * holding a trainable parameter (nsteps when none is trainable). */
+int graft_model_nsteps(const graft_model *m);
+int graft_model_first_trainable_step(const graft_model *m);
+/* Whether a step, in train mode, could give different outputs for the same input
+ * (a Dropout with p > 0 in it), which rules out caching its output. */
+bool graft_model_step_is_random(const graft_model *m, int step);
+/* Forward through steps [from, to) only; *out is owned by the model.  Backward through
+ * steps [from, nsteps) of the last forward_steps, computing no input gradient. */
+graft_status graft_model_forward_steps(graft_model *m, int from, int to, graft_tensor *in, graft_tensor **out);
+graft_status graft_model_backward_steps(graft_model *m, int from, const graft_tensor *grad_output);
+
 /* Input channels the model expects (its first convolution's), or -1. */
 int64_t graft_model_in_channels(const graft_model *m);
 

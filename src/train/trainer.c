@@ -40,6 +40,7 @@
 #include "ops/ops.h"
 #include "train/checkpoint.h"
 #include "train/config.h"
+#include "train/feature_cache.h"
 #include "train/metrics.h"
 #include "train/optim.h"
 #include "train/schedule.h"
@@ -71,6 +72,13 @@ typedef struct trainer {
     int64_t save_id;
     double best_top1;
     graft_strbuf jsonl;                /* metrics.jsonl so far */
+    /* the feature cache (feature_cache.h) */
+    bool cached;
+    bool test_from_cache;              /* the test set's rows are in the cache too */
+    graft_feature_cache cache;
+    graft_tensor cbatch, clabels;      /* batches assembled from cached rows */
+    int64_t *order;                    /* an epoch's sample order */
+    char cache_note[160];              /* why the cache is off, or what it holds */
 } trainer;
 
 static double now_seconds(void) {
@@ -254,6 +262,75 @@ static graft_status build_optimizer(trainer *t) {
         return s;
     if ((s = graft_schedule_parse(c->schedule ? c->schedule : "constant", &t->sched)))
         return graft_error_prefix(s, "--schedule");
+    return GRAFT_OK;
+}
+
+static void cache_progress(void *user, const char *what, int64_t done, int64_t total) {
+    trainer *t = user;
+    if (!t->cb || !t->cb->progress) return;
+    graft_train_progress p = {.epoch = t->epoch + 1, .epochs = t->c.epochs, .step = done, .steps = total,
+                              .loss = NAN, .accuracy = NAN, .phase = what};
+    t->cb->progress(t->cb->user, &p);
+}
+
+/* Turns the feature cache on when it applies (feature_cache.h) and fills it. */
+static graft_status setup_cache(trainer *t) {
+    graft_feature_cache *c = &t->cache;
+    int trunk = graft_model_first_trainable_step(t->model);
+    snprintf(t->cache_note, sizeof t->cache_note, "off");
+    if (!t->c.feature_cache) return GRAFT_OK;
+    if (trunk == 0) {
+        snprintf(t->cache_note, sizeof t->cache_note, "off: the first step is trainable");
+        return GRAFT_OK;
+    }
+    for (int i = 0; i < trunk; i++)
+        if (graft_model_step_is_random(t->model, i)) {
+            snprintf(t->cache_note, sizeof t->cache_note, "off: the frozen trunk has active dropout");
+            return GRAFT_OK;
+        }
+    char off[512] = "", on[512] = "";
+    if (t->train_tf && graft_transforms_is_random(t->train_tf)) {
+        if (!graft_transforms_flip_variants(t->train_tf, off, on, sizeof off)) {
+            snprintf(t->cache_note, sizeof t->cache_note, "off: the training transform is random beyond a flip");
+            return GRAFT_OK;
+        }
+        c->flip = true;
+    }
+    c->trunk_end = trunk;
+    graft_status s = graft_feature_cache_probe(c, t->model, t->chw);
+    int64_t n_train = graft_source_len(t->data->train);
+    int64_t n_test = t->test_loader ? graft_source_len(t->data->test) : 0;
+    if (!s) s = graft_feature_cache_reserve(c, n_train, n_test, t->c.out_dir);
+    if (!s) t->order = malloc((size_t)(n_train ? n_train : 1) * sizeof *t->order);
+    if (!s && !t->order) s = graft_error(GRAFT_ERR_NOMEM, "out of memory");
+    /* the training rows: through the training transform, flip off and on */
+    graft_loader_options lo = graft_loader_defaults();
+    lo.batch_size = t->c.batch_size;
+    lo.workers = t->c.workers;
+    lo.strict = t->c.strict != 0;
+    lo.seed = t->c.seed;
+    for (int pass = 0; !s && pass < (c->flip ? 2 : 1); pass++) {
+        graft_transforms *tf = NULL;
+        graft_loader *l = NULL;
+        if (c->flip) s = graft_transforms_parse(pass ? on : off, &tf);
+        if (!s) s = graft_loader_create(t->data->train, c->flip ? tf : t->train_tf, &lo, &l);
+        if (!s) s = graft_feature_cache_fill(c, pass ? &c->train_flipped : &c->train, t->model, l,
+                                             pass ? "cache train (flipped)" : "cache train", cache_progress, t);
+        graft_loader_free(l);
+        graft_transforms_free(tf);
+    }
+    if (!s && t->test_loader)
+        s = graft_feature_cache_fill(c, &c->test, t->model, t->test_loader, "cache test", cache_progress, t);
+    if (s) return s;
+    t->cached = true;
+    t->test_from_cache = t->test_loader != NULL;
+    char dims[96] = "";
+    size_t len = 0;
+    for (int i = 0; i < c->ndim; i++)
+        len += (size_t)snprintf(dims + len, sizeof dims - len, "%s%lld", i ? "x" : "", (long long)c->dims[i]);
+    snprintf(t->cache_note, sizeof t->cache_note, "on: %lld frozen steps computed once, %s per image%s, %.1f MB%s",
+             (long long)trunk, dims, c->flip ? " (both orientations)" : "", (double)c->block_bytes / 1048576.0,
+             c->mapped ? " in the run folder" : "");
     return GRAFT_OK;
 }
 
@@ -453,20 +530,87 @@ static void report_progress(trainer *t, const char *phase, int64_t step, int64_t
 static graft_status evaluate(trainer *t) {
     graft_metrics_reset(&t->test_m);
     graft_model_set_training(t->model, 0);
-    graft_status s = graft_loader_start_epoch(t->test_loader, 0);
-    int64_t steps = graft_loader_num_batches(t->test_loader), step = 0;
+    bool cached = t->cached && t->test_from_cache;
+    graft_status s = cached ? GRAFT_OK : graft_loader_start_epoch(t->test_loader, 0);
+    int64_t steps = graft_loader_num_batches(t->test_loader), step = 0, row = 0;
+    int from = cached ? t->cache.trunk_end : 0;
     double started = now_seconds();
     while (!s) {
-        const graft_tensor *x, *y, *logits;
-        int done;
-        if ((s = graft_loader_next(t->test_loader, &x, &y, &done)) || done) break;
-        if ((s = graft_model_forward(t->model, x, &logits))) break;
+        const graft_tensor *x, *y;
+        graft_tensor *logits;
+        int done = 0;
+        if (cached) {
+            graft_feature_cache *c = &t->cache;
+            int64_t n = c->test.rows - row < t->c.batch_size ? c->test.rows - row : t->c.batch_size;
+            if (n <= 0) break;
+            int64_t shape[GRAFT_MAX_DIMS + 1] = {n}, lshape[1] = {n};
+            for (int i = 0; i < c->ndim; i++) shape[i + 1] = c->dims[i];
+            if ((s = graft_tensor_resize(&t->cbatch, c->ndim + 1, shape)) || (s = graft_tensor_resize(&t->clabels, 1, lshape)))
+                break;
+            memcpy(t->cbatch.data, c->test.data + row * c->feat, (size_t)(n * c->feat) * sizeof(float));
+            memcpy(t->clabels.data, c->test.labels + row, (size_t)n * sizeof(int64_t));
+            row += n;
+            x = &t->cbatch;
+            y = &t->clabels;
+        } else if ((s = graft_loader_next(t->test_loader, &x, &y, &done)) || done) {
+            break;
+        }
+        if ((s = graft_model_forward_steps(t->model, from, graft_model_nsteps(t->model), (graft_tensor *)x, &logits)))
+            break;
         int64_t n = x->shape[0], k = logits->shape[1];
         double loss = graft_cross_entropy_smooth_forward_backward(n, k, logits->data, y->data, t->c.label_smoothing, NULL);
         graft_metrics_add(&t->test_m, logits->data, y->data, n, loss);
         report_progress(t, "eval", ++step, steps, &t->test_m, 0, 0, started);
     }
     return s;
+}
+
+/* zero_grad, forward (from the cached step on when cached), loss, backward, step. */
+static graft_status train_step(trainer *t, const graft_tensor *x, const graft_tensor *y) {
+    graft_tensor *logits;
+    int from = t->cached ? t->cache.trunk_end : 0;
+    graft_model_zero_grad(t->model);
+    graft_status s = graft_model_forward_steps(t->model, from, graft_model_nsteps(t->model), (graft_tensor *)x, &logits);
+    if (s) return s;
+    int64_t n = logits->shape[0], k = logits->shape[1];
+    int64_t shape[2] = {n, k};
+    if ((s = graft_tensor_resize(&t->dlogits, 2, shape))) return s;
+    double loss = graft_cross_entropy_smooth_forward_backward(n, k, logits->data, y->data, t->c.label_smoothing,
+                                                             t->dlogits.data);
+    if (!isfinite(loss))
+        return graft_error(GRAFT_ERR_INVALID, "non-finite loss (%g) at epoch %lld, step %lld; training stopped, the "
+                           "last saved checkpoint is kept", loss, (long long)t->epoch + 1, (long long)t->step + 1);
+    graft_metrics_add(&t->train_m, logits->data, y->data, n, loss);
+    if ((s = graft_model_backward_steps(t->model, from, &t->dlogits))) return s;
+    return graft_optim_step(t->optim);
+}
+
+/* Batch b of the current epoch from the cache: the loader's order, and per sample the
+ * loader's own flip decision choosing the orientation. */
+static graft_status cached_batch(trainer *t, int64_t b, const graft_tensor **x, const graft_tensor **y) {
+    graft_feature_cache *c = &t->cache;
+    int64_t bs = t->c.batch_size, first = b * bs, total = graft_loader_num_samples(t->train_loader);
+    int64_t n = total - first < bs ? total - first : bs;
+    int64_t shape[GRAFT_MAX_DIMS + 1] = {n};
+    for (int i = 0; i < c->ndim; i++) shape[i + 1] = c->dims[i];
+    int64_t lshape[1] = {n};
+    graft_status s = graft_tensor_resize(&t->cbatch, c->ndim + 1, shape);
+    if (!s) s = graft_tensor_resize(&t->clabels, 1, lshape);
+    if (s) return s;
+    for (int64_t j = 0; j < n; j++) {
+        int64_t idx = t->order[first + j];
+        const graft_feature_set *set = &c->train;
+        if (c->flip) {
+            graft_rng r;
+            graft_loader_sample_rng(t->train_loader, t->epoch, idx, &r);
+            if (graft_transforms_draw_flip(t->train_tf, &r)) set = &c->train_flipped;
+        }
+        memcpy((float *)t->cbatch.data + j * c->feat, set->data + idx * c->feat, (size_t)c->feat * sizeof(float));
+        ((int64_t *)t->clabels.data)[j] = set->labels[idx];
+    }
+    *x = &t->cbatch;
+    *y = &t->clabels;
+    return GRAFT_OK;
 }
 
 static bool should_stop(trainer *t) {
@@ -481,28 +625,24 @@ static graft_status train_epoch(trainer *t) {
     graft_status s = graft_optim_apply_schedule(t->optim, &t->sched, t->epoch);
     if (!s) s = graft_loader_start_epoch(t->train_loader, t->epoch);
     int64_t steps = graft_loader_num_batches(t->train_loader);
-    const graft_tensor *x, *y, *logits;
+    const graft_tensor *x, *y;
     int done = 0;
-    for (int64_t skip = 0; !s && skip < t->step; skip++) /* resuming mid-epoch */
-        s = graft_loader_next(t->train_loader, &x, &y, &done);
+    if (t->cached) {
+        graft_loader_epoch_order(t->train_loader, t->epoch, t->order);
+    } else {
+        for (int64_t skip = 0; !s && skip < t->step; skip++) /* resuming mid-epoch */
+            s = graft_loader_next(t->train_loader, &x, &y, &done);
+    }
     double started = now_seconds();
     int64_t seen_before = t->train_m.seen, first_step = t->step;
     while (!s) {
-        if ((s = graft_loader_next(t->train_loader, &x, &y, &done)) || done) break;
-        graft_model_zero_grad(t->model);
-        if ((s = graft_model_forward(t->model, x, &logits))) break;
-        int64_t n = logits->shape[0], k = logits->shape[1];
-        int64_t shape[2] = {n, k};
-        if ((s = graft_tensor_resize(&t->dlogits, 2, shape))) break;
-        double loss = graft_cross_entropy_smooth_forward_backward(n, k, logits->data, y->data, t->c.label_smoothing,
-                                                                 t->dlogits.data);
-        if (!isfinite(loss)) {
-            s = graft_error(GRAFT_ERR_INVALID, "non-finite loss (%g) at epoch %lld, step %lld; training stopped, the "
-                            "last saved checkpoint is kept", loss, (long long)t->epoch + 1, (long long)t->step + 1);
+        if (t->cached) {
+            if (t->step >= steps) break;
+            s = cached_batch(t, t->step, &x, &y);
+        } else if (!(s = graft_loader_next(t->train_loader, &x, &y, &done)) && done) {
             break;
         }
-        graft_metrics_add(&t->train_m, logits->data, y->data, n, loss);
-        if ((s = graft_model_backward(t->model, &t->dlogits, NULL)) || (s = graft_optim_step(t->optim))) break;
+        if (s || (s = train_step(t, x, y))) break;
         t->step++;
         t->steps_this_run++;
         report_progress(t, "train", t->step, steps, &t->train_m, seen_before, first_step, started);
@@ -597,6 +737,10 @@ static void trainer_free(trainer *t) {
     graft_metrics_release(&t->train_m);
     graft_metrics_release(&t->test_m);
     graft_tensor_release(&t->dlogits);
+    graft_tensor_release(&t->cbatch);
+    graft_tensor_release(&t->clabels);
+    graft_feature_cache_free(&t->cache);
+    free(t->order);
     for (int i = 0; i < t->nfrozen; i++) free(t->frozen[i]);
     free(t->frozen);
     free(t->saved_freeze);
@@ -610,6 +754,8 @@ graft_status graft_train(const graft_train_config *config, const graft_train_cal
     t.c = *config;
     t.cb = callbacks;
     graft_tensor_init(&t.dlogits, GRAFT_F32);
+    graft_tensor_init(&t.cbatch, GRAFT_F32);
+    graft_tensor_init(&t.clabels, GRAFT_I64);
     graft_strbuf_init(&t.jsonl);
     graft_tensor_map *state = NULL;
     graft_status s = GRAFT_OK;
@@ -635,6 +781,8 @@ graft_status graft_train(const graft_train_config *config, const graft_train_cal
     if (!s && state) s = restore_state(&t, state);
     graft_tensor_map_free(state);
     if (!s) summary(&t);
+    if (!s) s = setup_cache(&t);
+    if (!s) say(&t, "feature cache: %s", t.cache_note);
     if (!s) s = run_epochs(&t);
     const char *split = t.data ? t.data->test_name : "test";
     if (!s && !t.test_loader) { /* no test split: the final report is on the training data */

@@ -11,6 +11,7 @@ dropout 0, batch 8: 40 images, so one epoch is 5 optimiser steps.  Writes to
 tests/parity/fixtures/train/:
 
   data.safetensors        images [40, 3, 16, 16] float32, labels [40] int64
+  images_u8.safetensors   uint8 images [40, 16, 16, 3] and the same labels (for transforms)
   init.safetensors        the initial state dict
   NAME.safetensors        the state dict after one epoch, for each run NAME:
     sgd            features frozen; SGD lr 0.01, momentum 0.9, weight_decay 5e-4
@@ -61,7 +62,7 @@ def write_safetensors(path, tensors, meta=None):
         header["__metadata__"] = meta
     for name, t in tensors.items():
         t = t.detach().contiguous()
-        dtype = {torch.float32: "F32", torch.int64: "I64"}[t.dtype]
+        dtype = {torch.float32: "F32", torch.int64: "I64", torch.uint8: "U8"}[t.dtype]
         data = t.numpy().tobytes()
         header[name] = {"dtype": dtype, "shape": list(t.shape), "data_offsets": [offset, offset + len(data)]}
         blobs.append(data)
@@ -97,6 +98,9 @@ def main():
     x = torch.randn(40, 3, 16, 16)
     y = torch.randint(0, 5, (40,))
     write_safetensors(os.path.join(OUT, "data.safetensors"), {"images": x, "labels": y})
+    # the same labels with uint8 images [N, H, W, C], which go through transforms (flips)
+    u8 = torch.randint(0, 256, (40, 16, 16, 3), dtype=torch.uint8)
+    write_safetensors(os.path.join(OUT, "images_u8.safetensors"), {"images": u8, "labels": y})
     base = model(False)
     init = {k: v.clone() for k, v in base.state_dict().items()}
     write_safetensors(os.path.join(OUT, "init.safetensors"), init, {"arch": SPEC})

@@ -29,7 +29,7 @@ static inline long file_size(const char *path) {
 /* Runs GRAFT_BIN with argv[1..] (argv[0] is filled in), stdout and stderr to files next
  * to `out`; returns the exit status, fails on a signal.  Reports what it printed. */
 static inline int run_graft(const char **args, int nargs, const char *out_path, long *out_bytes, long *err_bytes) {
-    char so[600], se[600];
+    char so[1100], se[1100];
     snprintf(so, sizeof so, "%s.stdout", out_path);
     snprintf(se, sizeof se, "%s.stderr", out_path);
     const char *argv[64];
