@@ -337,6 +337,7 @@ typedef struct graft_train_config {
     const char *out_dir;         /* run folder (required) */
     const char *resume_dir;      /* continue the run in this folder */
     int feature_cache;           /* default 1 (frozen trunks are computed once) */
+    int fold;                    /* default 1 (pooled replicas folded into the next Linear) */
 } graft_train_config;
 
 GRAFT_API graft_train_config graft_train_defaults(void);

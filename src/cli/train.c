@@ -123,7 +123,9 @@ static void help(void) {
          "run\n"
          "  --out DIR               run folder: metrics.jsonl, last/best.safetensors, CSV reports\n"
          "  --resume DIR            continue an interrupted run\n"
-         "  --seed S  --threads N  --quiet  --no-feature-cache");
+         "  --seed S  --threads N  --quiet\n"
+         "  --no-feature-cache      compute a frozen trunk every epoch instead of once\n"
+         "  --no-fold               keep AdaptiveAvgPool2d + Flatten + Linear unfolded");
 }
 
 static int parse_real(const char *flag, const char *s, double lo, double hi, double *out) {
@@ -139,7 +141,7 @@ enum {
     O_MODEL = 256, O_CLASSES_N, O_PRETRAINED, O_WVERSION, O_WEIGHTS, O_OFFLINE, O_FREEZE, O_DROPOUT, O_DATA,
     O_CLASSES, O_PER_CLASS, O_TRANSFORM, O_EVAL_TRANSFORM, O_STRICT, O_BATCH, O_NO_SHUFFLE, O_WORKERS, O_EPOCHS,
     O_OPTIMIZER, O_LR, O_LR_HEAD, O_LR_TRUNK, O_MOMENTUM, O_DAMPENING, O_WD, O_NESTEROV, O_BETAS, O_EPS,
-    O_SCHEDULE, O_SMOOTH, O_MAX_STEPS, O_OUT, O_RESUME, O_SEED, O_THREADS, O_QUIET, O_NO_CACHE
+    O_SCHEDULE, O_SMOOTH, O_MAX_STEPS, O_OUT, O_RESUME, O_SEED, O_THREADS, O_QUIET, O_NO_CACHE, O_NO_FOLD
 };
 
 int cmd_train(int argc, char **argv) {
@@ -162,7 +164,8 @@ int cmd_train(int argc, char **argv) {
         {"max-steps", required_argument, 0, O_MAX_STEPS}, {"out", required_argument, 0, O_OUT},
         {"resume", required_argument, 0, O_RESUME}, {"seed", required_argument, 0, O_SEED},
         {"threads", required_argument, 0, O_THREADS}, {"quiet", no_argument, 0, O_QUIET},
-        {"no-feature-cache", no_argument, 0, O_NO_CACHE}, {"help", no_argument, 0, 'h'},
+        {"no-feature-cache", no_argument, 0, O_NO_CACHE}, {"no-fold", no_argument, 0, O_NO_FOLD},
+        {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0}};
     graft_train_config c = graft_train_defaults();
     const char *freeze[MAX_FREEZE];
@@ -244,6 +247,7 @@ int cmd_train(int argc, char **argv) {
             break;
         case O_QUIET: u.quiet = 1; break;
         case O_NO_CACHE: c.feature_cache = 0; break;
+        case O_NO_FOLD: c.fold = 0; break;
         case 'h': help(); return 0;
         default: return cli_bad_option("train", argv, optind);
         }

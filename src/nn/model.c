@@ -147,31 +147,34 @@ void graft_model_rng_set(graft_model *m, const uint64_t state[4]) {
 }
 
 int graft_model_nsteps(const graft_model *m) { return m->nsteps; }
+graft_module *const *graft_model_steps(const graft_model *m) { return m->steps; }
 
-int graft_model_first_trainable_step(const graft_model *m) {
-    for (int i = 0; i < m->nsteps; i++)
-        if (graft_module_has_trainable(m->steps[i])) return i;
-    return m->nsteps;
+int graft_steps_first_trainable(graft_module *const *steps, int n) {
+    for (int i = 0; i < n; i++)
+        if (graft_module_has_trainable(steps[i])) return i;
+    return n;
 }
 
-static bool has_active_dropout(const graft_module *mod) {
+bool graft_step_is_random(const graft_module *mod) {
     if (graft_module_is(mod, "Dropout") && graft_dropout_p(mod) > 0) return true;
     for (int i = 0; i < mod->nchildren; i++)
-        if (has_active_dropout(mod->children[i])) return true;
+        if (graft_step_is_random(mod->children[i])) return true;
     return false;
 }
 
-bool graft_model_step_is_random(const graft_model *m, int step) { return has_active_dropout(m->steps[step]); }
-
-graft_status graft_model_forward_steps(graft_model *m, int from, int to, graft_tensor *in, graft_tensor **out) {
+graft_status graft_model_forward_steps(graft_model *m, graft_module *const *steps, int n, int from, int to,
+                                       graft_tensor *in, graft_tensor **out) {
+    if (!steps) steps = m->steps, n = m->nsteps;
     m->last_output = NULL;
-    if (from < 0 || to > m->nsteps || from >= to) return graft_error(GRAFT_ERR_INVALID, "no steps %d..%d", from, to);
-    graft_status s = graft_sequence_forward(m->steps + from, to - from, &m->ctx, in, out);
-    if (!s && to == m->nsteps) m->last_output = *out;
+    if (from < 0 || to > n || from >= to) return graft_error(GRAFT_ERR_INVALID, "no steps %d..%d", from, to);
+    graft_status s = graft_sequence_forward(steps + from, to - from, &m->ctx, in, out);
+    if (!s && to == n) m->last_output = *out;
     return s;
 }
 
-graft_status graft_model_backward_steps(graft_model *m, int from, const graft_tensor *grad_output) {
+graft_status graft_model_backward_steps(graft_model *m, graft_module *const *steps, int n, int from,
+                                        const graft_tensor *grad_output) {
+    if (!steps) steps = m->steps, n = m->nsteps;
     if (!m->last_output) return graft_error(GRAFT_ERR_INVALID, "backward: no successful forward to go back through");
     if (!graft_tensor_same_shape(grad_output, m->last_output))
         return graft_error(GRAFT_ERR_SHAPE, "backward: grad_output does not match the output");
@@ -179,8 +182,10 @@ graft_status graft_model_backward_steps(graft_model *m, int from, const graft_te
     if (s) return s;
     graft_tensor_copy_data(&m->grad_out, grad_output);
     graft_tensor *dx;
-    return graft_sequence_backward(m->steps + from, m->nsteps - from, false, &m->ctx, &m->grad_out, &dx);
+    return graft_sequence_backward(steps + from, n - from, false, &m->ctx, &m->grad_out, &dx);
 }
+
+graft_param *graft_model_state_param(const graft_model *m, size_t i) { return i < m->nstate ? m->state[i].param : NULL; }
 
 int64_t graft_model_in_channels(const graft_model *m) {
     for (size_t i = 0; i < m->nstate; i++)

@@ -16,17 +16,24 @@ graft_module *graft_model_root(graft_model *m);
 /* The dropout generator's state, for checkpoints that resume bit-exactly. */
 void graft_model_rng_get(const graft_model *m, uint64_t state[4]);
 void graft_model_rng_set(graft_model *m, const uint64_t state[4]);
-/* The root's forward as steps (arch.h): how many, and the index of the first step
- * holding a trainable parameter (nsteps when none is trainable). */
+/* The root's forward as steps (arch.h). */
 int graft_model_nsteps(const graft_model *m);
-int graft_model_first_trainable_step(const graft_model *m);
+graft_module *const *graft_model_steps(const graft_model *m);
+/* The index of the first of steps[0..n) holding a trainable parameter (n when none). */
+int graft_steps_first_trainable(graft_module *const *steps, int n);
 /* Whether a step, in train mode, could give different outputs for the same input
  * (a Dropout with p > 0 in it), which rules out caching its output. */
-bool graft_model_step_is_random(const graft_model *m, int step);
-/* Forward through steps [from, to) only; *out is owned by the model.  Backward through
- * steps [from, nsteps) of the last forward_steps, computing no input gradient. */
-graft_status graft_model_forward_steps(graft_model *m, int from, int to, graft_tensor *in, graft_tensor **out);
-graft_status graft_model_backward_steps(graft_model *m, int from, const graft_tensor *grad_output);
+bool graft_step_is_random(const graft_module *step);
+/* Forward through steps[from..to) of a step list (NULL: the model's own; another list
+ * may mix the model's modules with replacements, as the pooled-linear folding does);
+ * *out is owned by the modules.  Backward through steps[from..n) of the last forward
+ * that reached the end of the list, computing no input gradient. */
+graft_status graft_model_forward_steps(graft_model *m, graft_module *const *steps, int n, int from, int to,
+                                       graft_tensor *in, graft_tensor **out);
+graft_status graft_model_backward_steps(graft_model *m, graft_module *const *steps, int n, int from,
+                                        const graft_tensor *grad_output);
+/* The parameter behind state entry i (NULL for buffers). */
+graft_param *graft_model_state_param(const graft_model *m, size_t i);
 
 /* Input channels the model expects (its first convolution's), or -1. */
 int64_t graft_model_in_channels(const graft_model *m);

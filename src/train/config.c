@@ -25,6 +25,7 @@ graft_train_config graft_train_defaults(void) {
         .eps = 1e-8,
         .schedule = "constant",
         .feature_cache = 1,
+        .fold = 1,
     };
 }
 
@@ -34,7 +35,7 @@ graft_train_config graft_train_defaults(void) {
     X(schedule)
 #define INTS(X)                                                                                      \
     X(num_classes) X(pretrained) X(per_class) X(strict) X(batch_size) X(shuffle) X(epochs) X(nesterov) \
-    X(feature_cache)
+    X(feature_cache) X(fold)
 #define REALS(X)                                                                                     \
     X(dropout) X(lr) X(lr_head) X(lr_trunk) X(momentum) X(dampening) X(weight_decay) X(beta1) X(beta2)  \
     X(eps) X(label_smoothing)

@@ -28,7 +28,7 @@ graft_status graft_feature_cache_probe(graft_feature_cache *c, graft_model *m, c
     graft_status s = graft_tensor_create(GRAFT_F32, 4, shape, &x);
     if (s) return s;
     graft_tensor *y;
-    s = graft_model_forward_steps(m, 0, c->trunk_end, x, &y);
+    s = graft_model_forward_steps(m, c->steps, c->nsteps, 0, c->trunk_end, x, &y);
     if (!s) {
         c->ndim = y->ndim - 1;
         c->feat = 1;
@@ -108,7 +108,7 @@ graft_status graft_feature_cache_fill(graft_feature_cache *c, graft_feature_set 
         int done;
         if ((s = graft_loader_next(loader, &x, &y, &done)) || done) break;
         /* the trunk never writes its input: it starts with a convolution */
-        if ((s = graft_model_forward_steps(m, 0, c->trunk_end, (graft_tensor *)x, &out))) break;
+        if ((s = graft_model_forward_steps(m, c->steps, c->nsteps, 0, c->trunk_end, (graft_tensor *)x, &out))) break;
         int64_t n = x->shape[0];
         if (graft_tensor_numel(out) != n * c->feat || row + n > set->rows) {
             s = graft_error(GRAFT_ERR_SHAPE, "feature cache: the trunk's output changed shape");

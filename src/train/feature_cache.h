@@ -20,6 +20,7 @@
 
 #include "core/tensor.h"
 #include "data/loader.h"
+#include "nn/module.h"
 #include "graft/graft.h"
 
 /* Above this many bytes in all, the rows go to a file: GRAFT_FEATURE_CACHE_MEMORY
@@ -33,6 +34,8 @@ typedef struct graft_feature_set {
 } graft_feature_set;
 
 typedef struct graft_feature_cache {
+    graft_module *const *steps;     /* the training forward's steps (set by the caller) */
+    int nsteps;
     int trunk_end;                  /* steps [0, trunk_end) are cached */
     int ndim;                       /* of one row, e.g. 3 for [C, H, W] */
     int64_t dims[GRAFT_MAX_DIMS];

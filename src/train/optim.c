@@ -54,6 +54,7 @@ typedef struct optim_slot {
     const graft_tensor *grad;
     const bool *frozen;
     int group;
+    double fold;             /* see graft_optim_param; 1 for ordinary parameters */
     int64_t n;
     int64_t steps;           /* state['step']; for SGD 0 also means "no momentum buffer yet" */
     graft_tensor buf;        /* SGD momentum_buffer, Adam exp_avg (empty when unused) */
@@ -192,6 +193,7 @@ graft_status graft_optim_create(const graft_optim_options *o, size_t n, const gr
         sl->grad = p->grad;
         sl->frozen = p->frozen;
         sl->group = p->group;
+        sl->fold = p->fold > 1 ? p->fold : 1.0;
         sl->n = graft_tensor_numel(p->value);
         const graft_tensor *v = p->value;
         if (!(sl->name = strdup(p->name))) s = graft_error(GRAFT_ERR_NOMEM, "out of memory creating the optimizer");
@@ -233,7 +235,7 @@ static int collect_param(void *user, const char *name, graft_module *owner, graf
                                 (strncmp(name, mp->head, mp->head_len) == 0 && name[mp->head_len] == '.'));
     char *copy = strdup(name);
     if (!copy) return mp->failed = true;
-    mp->list[mp->n++] = (graft_optim_param){copy, &p->value, &p->grad, &p->frozen, in_head ? 1 : 0};
+    mp->list[mp->n++] = (graft_optim_param){copy, &p->value, &p->grad, &p->frozen, in_head ? 1 : 0, 1.0};
     return 0;
 }
 
@@ -286,6 +288,12 @@ graft_status graft_optim_apply_schedule(graft_optim *opt, const graft_schedule *
 
 const graft_optim_options *graft_optim_get_options(const graft_optim *opt) { return &opt->o; }
 size_t graft_optim_size(const graft_optim *opt) { return opt->n; }
+float *graft_optim_state_buffer(graft_optim *opt, const char *name) {
+    for (size_t i = 0; i < opt->n; i++)
+        if (!strcmp(opt->slots[i].name, name)) return opt->slots[i].buf.data;
+    return NULL;
+}
+
 const char *graft_optim_param_name(const graft_optim *opt, size_t i) { return i < opt->n ? opt->slots[i].name : NULL; }
 int graft_optim_param_group(const graft_optim *opt, size_t i) { return i < opt->n ? opt->slots[i].group : -1; }
 int64_t graft_optim_param_steps(const graft_optim *opt, size_t i) { return i < opt->n ? opt->slots[i].steps : -1; }
@@ -405,6 +413,11 @@ graft_status graft_optim_step(graft_optim *opt) {
         optim_slot *sl = &opt->slots[i];
         if (!slot_active(sl)) continue;
         double lr = opt->lr[sl->group];
+        if (sl->fold != 1.0 && o->kind == GRAFT_OPTIM_SGD) {
+            /* the sum of `fold` replicas that each received this gradient */
+            float *g = sl->grad->data, f = (float)sl->fold;
+            for (int64_t j = 0; j < sl->n; j++) g[j] *= f;
+        }
         update u = {.p = sl->value->data, .g = sl->grad->data, .buf = sl->buf.data, .sq = sl->sq.data,
                     .sq_max = sl->sq_max.data};
         u.decay = o->weight_decay != 0;
@@ -423,7 +436,7 @@ graft_status graft_optim_step(graft_optim *opt) {
             double step = (double)sl->steps;
             double bias_correction1 = 1 - pow(o->beta1, step);
             double bias_correction2 = 1 - pow(o->beta2, step);
-            double step_size = lr / bias_correction1;
+            double step_size = lr * sl->fold / bias_correction1; /* fold: the replicas' steps, summed */
             u.adamw = o->kind == GRAFT_OPTIM_ADAMW;
             u.amsgrad = o->amsgrad != 0;
             u.beta1 = (float)o->beta1;

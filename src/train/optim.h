@@ -84,6 +84,10 @@ typedef struct graft_optim_param {
                                   NULL, or no data yet: skipped (PyTorch's p.grad is None) */
     const bool *frozen;        /* read at every step, true: skipped; NULL: never frozen */
     int group;                 /* 0 .. ngroups-1 */
+    /* > 1: the parameter stands for `fold` identical replicas summed (the pooled-linear
+     * folding of trainer.c): SGD scales the gradient by fold (in place) before weight
+     * decay, Adam/AdamW scale the step by fold; 0 or 1: an ordinary parameter. */
+    double fold;
 } graft_optim_param;
 
 typedef struct graft_optim graft_optim;
@@ -122,6 +126,9 @@ const char *graft_optim_param_name(const graft_optim *opt, size_t i);
 int graft_optim_param_group(const graft_optim *opt, size_t i);
 /* Updates applied to parameter i so far (PyTorch's state['step']). */
 int64_t graft_optim_param_steps(const graft_optim *opt, size_t i);
+
+/* The momentum buffer (SGD) or exp_avg (Adam) of the named parameter, or NULL. */
+float *graft_optim_state_buffer(graft_optim *opt, const char *name);
 
 /* Adds deep copies of the state to map under "<prefix><param>.<key>" (prefix may be
  * "" or e.g. "optim."), plus the metadata "<prefix>kind" = graft_optim_kind_name. */

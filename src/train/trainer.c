@@ -41,6 +41,7 @@
 #include "train/checkpoint.h"
 #include "train/config.h"
 #include "train/feature_cache.h"
+#include "train/fold.h"
 #include "train/metrics.h"
 #include "train/optim.h"
 #include "train/schedule.h"
@@ -72,6 +73,9 @@ typedef struct trainer {
     int64_t save_id;
     double best_top1;
     graft_strbuf jsonl;                /* metrics.jsonl so far */
+    graft_fold fold;                   /* pooled-linear folding (fold.h) */
+    graft_module *const *steps;        /* the training forward: the model's steps, or folded ones */
+    int nsteps;
     /* the feature cache (feature_cache.h) */
     bool cached;
     bool test_from_cache;              /* the test set's rows are in the cache too */
@@ -242,6 +246,11 @@ static graft_status build_optimizer(trainer *t) {
     graft_optim_kind kind;
     graft_status s = graft_optim_kind_parse(c->optimizer ? c->optimizer : "sgd", &kind);
     if (s) return graft_error_prefix(s, "--optimizer");
+    graft_optim_options defaults = graft_optim_defaults(kind);
+    double wd = c->weight_decay >= 0 ? c->weight_decay : defaults.weight_decay;
+    if ((s = graft_fold_setup(&t->fold, t->model, t->chw, kind, wd, c->fold != 0))) return s;
+    t->steps = t->fold.active ? t->fold.steps : graft_model_steps(t->model);
+    t->nsteps = t->fold.active ? t->fold.nsteps : graft_model_nsteps(t->model);
     graft_optim_options o = graft_optim_defaults(kind);
     bool groups = c->lr_head >= 0 || c->lr_trunk >= 0;
     o.ngroups = groups ? 2 : 1;
@@ -258,8 +267,18 @@ static graft_status build_optimizer(trainer *t) {
     int64_t trainable;
     graft_model_param_counts(t->model, NULL, &trainable);
     if (trainable == 0) return graft_error(GRAFT_ERR_INVALID, "--freeze: every parameter is frozen; nothing to train");
-    if ((s = graft_optim_create_for_model(t->model, &o, groups ? graft_model_head_path(t->model) : NULL, &t->optim)))
+    const char *head = groups ? graft_model_head_path(t->model) : NULL;
+    if (t->fold.active) {
+        graft_optim_param *list;
+        size_t n;
+        if ((s = graft_fold_optim_params(&t->fold, t->model, head, &list, &n))) return s;
+        s = graft_optim_create(&o, n, list, &t->optim);
+        for (size_t i = 0; i < n; i++) free((char *)list[i].name);
+        free(list);
+        if (s) return s;
+    } else if ((s = graft_optim_create_for_model(t->model, &o, head, &t->optim))) {
         return s;
+    }
     if ((s = graft_schedule_parse(c->schedule ? c->schedule : "constant", &t->sched)))
         return graft_error_prefix(s, "--schedule");
     return GRAFT_OK;
@@ -276,7 +295,9 @@ static void cache_progress(void *user, const char *what, int64_t done, int64_t t
 /* Turns the feature cache on when it applies (feature_cache.h) and fills it. */
 static graft_status setup_cache(trainer *t) {
     graft_feature_cache *c = &t->cache;
-    int trunk = graft_model_first_trainable_step(t->model);
+    c->steps = t->steps;
+    c->nsteps = t->nsteps;
+    int trunk = graft_steps_first_trainable(t->steps, t->nsteps);
     snprintf(t->cache_note, sizeof t->cache_note, "off");
     if (!t->c.feature_cache) return GRAFT_OK;
     if (trunk == 0) {
@@ -284,7 +305,7 @@ static graft_status setup_cache(trainer *t) {
         return GRAFT_OK;
     }
     for (int i = 0; i < trunk; i++)
-        if (graft_model_step_is_random(t->model, i)) {
+        if (graft_step_is_random(t->steps[i])) {
             snprintf(t->cache_note, sizeof t->cache_note, "off: the frozen trunk has active dropout");
             return GRAFT_OK;
         }
@@ -484,8 +505,11 @@ static graft_status save_state(trainer *t) {
     return s;
 }
 
-/* last.safetensors then its state, with a new save id. */
+/* last.safetensors then its state, with a new save id.  A folded layer is unfolded
+ * into the model first (fold.h: the origin moves to now). */
 static graft_status save_last(trainer *t) {
+    graft_status fs = graft_fold_reorigin(&t->fold, t->optim);
+    if (fs) return fs;
     t->save_id++;
     graft_status s = save_checkpoint(t, "last.safetensors", t->epoch, true);
     if (!s) s = save_state(t);
@@ -555,7 +579,7 @@ static graft_status evaluate(trainer *t) {
         } else if ((s = graft_loader_next(t->test_loader, &x, &y, &done)) || done) {
             break;
         }
-        if ((s = graft_model_forward_steps(t->model, from, graft_model_nsteps(t->model), (graft_tensor *)x, &logits)))
+        if ((s = graft_model_forward_steps(t->model, t->steps, t->nsteps, from, t->nsteps, (graft_tensor *)x, &logits)))
             break;
         int64_t n = x->shape[0], k = logits->shape[1];
         double loss = graft_cross_entropy_smooth_forward_backward(n, k, logits->data, y->data, t->c.label_smoothing, NULL);
@@ -570,7 +594,10 @@ static graft_status train_step(trainer *t, const graft_tensor *x, const graft_te
     graft_tensor *logits;
     int from = t->cached ? t->cache.trunk_end : 0;
     graft_model_zero_grad(t->model);
-    graft_status s = graft_model_forward_steps(t->model, from, graft_model_nsteps(t->model), (graft_tensor *)x, &logits);
+    if (t->fold.active) /* the folded layer is not in the model's state */
+        for (int i = 0; i < t->fold.folded->nparams; i++)
+            if (t->fold.folded->params[i].grad.data) graft_tensor_zero(&t->fold.folded->params[i].grad);
+    graft_status s = graft_model_forward_steps(t->model, t->steps, t->nsteps, from, t->nsteps, (graft_tensor *)x, &logits);
     if (s) return s;
     int64_t n = logits->shape[0], k = logits->shape[1];
     int64_t shape[2] = {n, k};
@@ -581,7 +608,7 @@ static graft_status train_step(trainer *t, const graft_tensor *x, const graft_te
         return graft_error(GRAFT_ERR_INVALID, "non-finite loss (%g) at epoch %lld, step %lld; training stopped, the "
                            "last saved checkpoint is kept", loss, (long long)t->epoch + 1, (long long)t->step + 1);
     graft_metrics_add(&t->train_m, logits->data, y->data, n, loss);
-    if ((s = graft_model_backward_steps(t->model, from, &t->dlogits))) return s;
+    if ((s = graft_model_backward_steps(t->model, t->steps, t->nsteps, from, &t->dlogits))) return s;
     return graft_optim_step(t->optim);
 }
 
@@ -740,6 +767,7 @@ static void trainer_free(trainer *t) {
     graft_tensor_release(&t->cbatch);
     graft_tensor_release(&t->clabels);
     graft_feature_cache_free(&t->cache);
+    graft_fold_free(&t->fold);
     free(t->order);
     for (int i = 0; i < t->nfrozen; i++) free(t->frozen[i]);
     free(t->frozen);
@@ -782,6 +810,7 @@ graft_status graft_train(const graft_train_config *config, const graft_train_cal
     graft_tensor_map_free(state);
     if (!s) summary(&t);
     if (!s) s = setup_cache(&t);
+    if (!s) say(&t, "folding: %s", t.fold.note);
     if (!s) say(&t, "feature cache: %s", t.cache_note);
     if (!s) s = run_epochs(&t);
     const char *split = t.data ? t.data->test_name : "test";

@@ -105,7 +105,7 @@ static void params_free(params *p) {
 static graft_optim *make_optim(const graft_optim_options *o, params *p) {
     graft_optim_param d[NP];
     for (int i = 0; i < NP; i++)
-        d[i] = (graft_optim_param){PNAME[i], p->value[i], p->grad[i], &p->frozen[i], PGROUP[i]};
+        d[i] = (graft_optim_param){PNAME[i], p->value[i], p->grad[i], &p->frozen[i], PGROUP[i], 1.0};
     graft_optim *opt = NULL;
     if (graft_optim_create(o, NP, d, &opt) != GRAFT_OK) fail_msg("create: %s", graft_errmsg());
     return opt;
@@ -313,7 +313,7 @@ static void test_parameter_without_gradient_is_skipped(void **state) {
     assert_int_equal(graft_tensor_create(GRAFT_F32, 1, shape, &g), GRAFT_OK);
     for (int i = 0; i < 4; i++) graft_tensor_f32(v)[i] = (float)i;
     graft_tensor_release(g); /* like a graft_param whose gradient was never allocated */
-    graft_optim_param d[2] = {{"a", v, g, NULL, 0}, {"b", v, NULL, NULL, 0}};
+    graft_optim_param d[2] = {{"a", v, g, NULL, 0, 1.0}, {"b", v, NULL, NULL, 0, 1.0}};
     graft_optim_options o = graft_optim_defaults(GRAFT_OPTIM_ADAMW);
     graft_optim *opt;
     assert_int_equal(graft_optim_create(&o, 1, d, &opt), GRAFT_OK);
@@ -590,7 +590,7 @@ static void test_large_parameter_update_is_split_across_threads_identically(void
     }
     graft_tensor_f32(ov)[0] = 0.25f;
     graft_tensor_f32(og)[0] = -0.125f;
-    graft_optim_param d[2] = {{"big", bv, bg, NULL, 0}, {"one", ov, og, NULL, 0}};
+    graft_optim_param d[2] = {{"big", bv, bg, NULL, 0, 1.0}, {"one", ov, og, NULL, 0, 1.0}};
     graft_optim_options o = graft_optim_defaults(GRAFT_OPTIM_ADAMW);
     graft_optim *opt;
     assert_int_equal(graft_optim_create(&o, 2, d, &opt), GRAFT_OK);
@@ -797,9 +797,9 @@ static void test_parameter_in_missing_group_or_named_twice_is_invalid(void **sta
     assert_int_equal(graft_tensor_create(GRAFT_F32, 1, shape, &v), GRAFT_OK);
     graft_optim_options o = graft_optim_defaults(GRAFT_OPTIM_SGD);
     graft_optim *opt;
-    graft_optim_param bad_group = {"w", v, NULL, NULL, 1};
+    graft_optim_param bad_group = {"w", v, NULL, NULL, 1, 1.0};
     assert_int_equal(graft_optim_create(&o, 1, &bad_group, &opt), GRAFT_ERR_INVALID);
-    graft_optim_param twice[2] = {{"w", v, NULL, NULL, 0}, {"w", v, NULL, NULL, 0}};
+    graft_optim_param twice[2] = {{"w", v, NULL, NULL, 0, 1.0}, {"w", v, NULL, NULL, 0, 1.0}};
     assert_int_equal(graft_optim_create(&o, 2, twice, &opt), GRAFT_ERR_INVALID);
     assert_non_null(strstr(graft_errmsg(), "given twice"));
     graft_tensor_free(v);
