@@ -165,8 +165,9 @@ typedef struct graft_model_options {
 
 GRAFT_API graft_model_options graft_model_defaults(void);
 
-/* arch is a zoo name (vgg11 vgg13 vgg16 vgg19, vgg11_bn ... vgg19_bn) or a custom
- * VGG spec "vgg:cfg=64-M-128-M,bn,hidden=256,pool=2,dropout=0.5" (see README).
+/* arch is a zoo name (vgg11 vgg13 vgg16 vgg19, vgg11_bn ... vgg19_bn, resnet18 resnet34
+ * resnet50 resnet101 resnet152) or a custom spec: "vgg:cfg=64-M-128-M,bn,hidden=256,pool=2"
+ * or "resnet:block=basic,layers=1-1-1-1,width=16" (see README).
  * Free with graft_model_free. */
 GRAFT_API graft_status graft_model_create(const char *arch, const graft_model_options *opts,
                                           graft_model **out);

@@ -85,7 +85,7 @@ static graft_status describe_unknown_arch(const char *arch) {
     const char *const *names = graft_zoo_names();
     for (int i = 0; names[i]; i++) graft_strbuf_printf(&sb, "%s%s", i ? ", " : "", names[i]);
     graft_status s = graft_error(GRAFT_ERR_NOTFOUND,
-                                 "unknown architecture '%s' (known: %s, or a spec like vgg:cfg=64-M-128-M)", arch,
+                                 "unknown architecture '%s' (known: %s, or a spec like vgg:cfg=64-M-128-M or resnet:block=basic,layers=2-2-2-2)", arch,
                                  sb.data ? sb.data : "");
     graft_strbuf_free(&sb);
     return s;
@@ -108,6 +108,7 @@ graft_status graft_model_create(const char *arch, const graft_model_options *opt
     graft_rng_seed(&rng, o.seed);
     graft_arch_info info = {0};
     graft_status s = graft_vgg_build(arch, o.init != 0, &rng, &m->root, &info);
+    if (s == GRAFT_ERR_NOTFOUND) s = graft_resnet_build(arch, o.init != 0, &rng, &m->root, &info);
     if (s == GRAFT_ERR_NOTFOUND) s = describe_unknown_arch(arch);
     if (s) goto fail;
     m->head_path = info.head_path;
@@ -441,6 +442,7 @@ graft_status graft_model_load_file(graft_model *m, const char *path, int flags) 
         const graft_tensor *have = graft_model_state_get(m, wkey), *got = graft_tensor_map_get(state, wkey);
         if (have && got && !graft_tensor_same_shape(have, got)) {
             /* Drop the checkpoint's head: the model keeps its fresh one. */
+            int64_t checkpoint_classes = got->shape[0]; /* got dies with the map */
             graft_tensor_map *kept;
             if ((s = graft_tensor_map_create(&kept))) goto done;
             for (size_t i = 0; i < graft_tensor_map_size(state) && !s; i++) {
@@ -454,7 +456,7 @@ graft_status graft_model_load_file(graft_model *m, const char *path, int flags) 
             s = load_all_but(m, state, wkey, bkey);
             if (!s)
                 graft_log(0, "%s was freshly initialised: the checkpoint's head has %lld outputs, the model %lld",
-                          m->head_path, (long long)got->shape[0], (long long)have->shape[0]);
+                          m->head_path, (long long)checkpoint_classes, (long long)have->shape[0]);
             goto done;
         }
     }

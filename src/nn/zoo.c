@@ -16,8 +16,9 @@
 #define DEFAULT_URL_BASE "https://download.pytorch.org/models/"
 #define IMAGENET_SIZE 224 /* torchvision's ImageClassification transforms crop to 224 */
 
-static const char *const ZOO_NAMES[] = {"vgg11", "vgg13", "vgg16", "vgg19", "vgg11_bn",
-                                        "vgg13_bn", "vgg16_bn", "vgg19_bn", NULL};
+static const char *const ZOO_NAMES[] = {"vgg11",    "vgg13",    "vgg16",     "vgg19",     "vgg11_bn",
+                                        "vgg13_bn", "vgg16_bn", "vgg19_bn",  "resnet18",  "resnet34",
+                                        "resnet50", "resnet101", "resnet152", NULL};
 
 static const graft_pretrained PRETRAINED[] = {
     {"vgg11", "IMAGENET1K_V1", "vgg11-8a719046.pth", "8a719046", IMAGENET_SIZE, 1},
@@ -28,6 +29,16 @@ static const graft_pretrained PRETRAINED[] = {
     {"vgg13_bn", "IMAGENET1K_V1", "vgg13_bn-abd245e5.pth", "abd245e5", IMAGENET_SIZE, 1},
     {"vgg16_bn", "IMAGENET1K_V1", "vgg16_bn-6c64b313.pth", "6c64b313", IMAGENET_SIZE, 1},
     {"vgg19_bn", "IMAGENET1K_V1", "vgg19_bn-c79401a0.pth", "c79401a0", IMAGENET_SIZE, 1},
+    /* ResNet*_Weights: torchvision 0.14's DEFAULT is IMAGENET1K_V2 where a V2 exists (its
+     * evaluation transform resizes to 232 before the 224 crop; V1's to 256). */
+    {"resnet18", "IMAGENET1K_V1", "resnet18-f37072fd.pth", "f37072fd", IMAGENET_SIZE, 1},
+    {"resnet34", "IMAGENET1K_V1", "resnet34-b627a593.pth", "b627a593", IMAGENET_SIZE, 1},
+    {"resnet50", "IMAGENET1K_V1", "resnet50-0676ba61.pth", "0676ba61", IMAGENET_SIZE, 0},
+    {"resnet50", "IMAGENET1K_V2", "resnet50-11ad3fa6.pth", "11ad3fa6", IMAGENET_SIZE, 1},
+    {"resnet101", "IMAGENET1K_V1", "resnet101-63fe2227.pth", "63fe2227", IMAGENET_SIZE, 0},
+    {"resnet101", "IMAGENET1K_V2", "resnet101-cd907fc2.pth", "cd907fc2", IMAGENET_SIZE, 1},
+    {"resnet152", "IMAGENET1K_V1", "resnet152-394f9c45.pth", "394f9c45", IMAGENET_SIZE, 0},
+    {"resnet152", "IMAGENET1K_V2", "resnet152-f82ba261.pth", "f82ba261", IMAGENET_SIZE, 1},
 };
 
 #define NPRETRAINED (sizeof PRETRAINED / sizeof PRETRAINED[0])

@@ -39,7 +39,7 @@ static char *train_with(const char *dir, const char *spec, const char *data, con
 }
 
 static char *train(const char *dir, const char *data, const char *transform, int cache) {
-    const char *extra[8] = {"--optimizer", "sgd", "--lr", "0.05", "--momentum", "0.9"};
+    const char *extra[12] = {"--optimizer", "sgd", "--lr", "0.05", "--momentum", "0.9"};
     int n = 6;
     if (transform) {
         extra[n++] = "--transform";
