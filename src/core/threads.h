@@ -1,9 +1,13 @@
 /* threads.h — the program's one thread pool.
  *
  * graft_parallel_for splits [0, n) into contiguous ranges, one per thread, and runs
- * them on the pool (the calling thread takes the first range).  BLAS gets the same
- * thread count; the two never run at the same time because BLAS is only called from
- * the thread that owns the pool, outside parallel_for. */
+ * them on the pool (the calling thread takes the first range).  BLAS is set to one
+ * thread and called from inside the pool's ranges (ops/gemm.h), so the program never
+ * has more compute threads than --threads / GRAFT_NUM_THREADS.
+ *
+ * One parallel_for runs at a time.  A call made from inside a range (nested), or from
+ * another thread while one is running, runs its whole range on the calling thread
+ * instead of waiting: correct, just not parallel. */
 #ifndef GRAFT_CORE_THREADS_H
 #define GRAFT_CORE_THREADS_H
 

@@ -4,17 +4,20 @@
  * The fast path lowers a chunk of nb images at a time (im2col, as in Caffe):
  *   col [K, nb*P]     K = c*kh*kw rows, ordered (ci, ki, kj) like the weight's columns;
  *                     nb*P columns, ordered (image, oy, ox), P = oh*ow
- *   Y   [oc, nb*P] = W [oc, K] . col        one cblas_sgemm per chunk
+ *   Y   [oc, nb*P] = W [oc, K] . col        one GEMM per chunk
  * and Y is scattered into y [n, oc, oh, ow].  Putting several images in one GEMM is
  * what keeps deep layers fast: VGG at 32x32 input ends with 2x2 maps, where a
  * per-image GEMM would be a 512 x 4 sliver.  The chunk is as many images as fit a
  * bounded workspace (conv_internal.h), at least one.
  *
- * Threads: im2col, col2im, scatter and gather run on graft_parallel_for; BLAS threads
- * itself and is only called from here, between parallel loops, never inside one. */
+ * Threads: im2col, col2im, scatter and gather run on graft_parallel_for, and so does
+ * each GEMM (ops/gemm.h: one single-threaded BLAS call per pool thread).
+ *
+ * Where the CPU has AVX-512, the forward and the input gradient of stride-1
+ * convolutions take the implicit-GEMM kernel of conv_avx512.c instead, which never
+ * writes col (conv_internal.h says how the kernel is chosen). */
 #include "ops/ops.h"
 
-#include <cblas.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <string.h>
@@ -22,15 +25,26 @@
 #include "core/error.h"
 #include "core/threads.h"
 #include "ops/conv_internal.h"
+#include "ops/gemm.h"
 
 /* Below this many floats of copying per task, handing work to another thread costs
  * more than it saves. */
 #define PAR_GRAIN_FLOATS 4096
 
 static size_t workspace_limit_floats = GRAFT_CONV2D_WORKSPACE_LIMIT_FLOATS;
+static graft_conv2d_kernel forced_kernel = GRAFT_CONV2D_AUTO;
 
 void graft_conv2d_set_workspace_limit(size_t floats) {
     workspace_limit_floats = floats ? floats : GRAFT_CONV2D_WORKSPACE_LIMIT_FLOATS;
+}
+
+void graft_conv2d_set_kernel(graft_conv2d_kernel k) { forced_kernel = k; }
+
+graft_conv2d_kernel graft_conv2d_forward_kernel(const graft_conv2d_geom *g) {
+    static int avx512 = -1; /* the CPU does not change under us */
+    if (avx512 < 0) avx512 = graft_conv2d_avx512_available();
+    if (forced_kernel == GRAFT_CONV2D_GEMM || !avx512 || !graft_conv2d_avx512_fits(g)) return GRAFT_CONV2D_GEMM;
+    return GRAFT_CONV2D_AVX512;
 }
 
 /* ---- geometry ------------------------------------------------------------- */
@@ -242,6 +256,11 @@ static graft_status check_blas_dims(const graft_conv2d_geom *g) {
 /* x [n, c, h, w], w [oc, c, kh, kw], b [oc] or NULL -> y [n, oc, oh, ow] */
 graft_status graft_conv2d_forward(graft_ctx *ctx, const graft_conv2d_geom *g, const float *x,
                                   const float *w, const float *b, float *y) {
+    if (graft_conv2d_forward_kernel(g) == GRAFT_CONV2D_AVX512) {
+        float *scratch = graft_ctx_workspace(ctx, graft_conv2d_avx512_workspace_floats(g));
+        if (!scratch) return GRAFT_ERR_NOMEM;
+        return graft_conv2d_forward_avx512(g, x, w, b, y, scratch);
+    }
     graft_status s = check_blas_dims(g);
     if (s != GRAFT_OK) return s;
     int64_t k = g->c * g->kh * g->kw, p = g->oh * g->ow, in_image = g->c * g->h * g->w;
@@ -271,8 +290,7 @@ graft_status graft_conv2d_forward(graft_ctx *ctx, const graft_conv2d_geom *g, co
             a = col;
         }
         float *out = m == 1 ? yc : out_buf; /* [oc, m*P] */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)g->oc, (int)(m * p), (int)k,
-                    1.0f, w, (int)k, a, (int)(m * p), 0.0f, out, (int)(m * p));
+        graft_sgemm(false, false, g->oc, m * p, k, 1.0f, w, k, a, m * p, 0.0f, out, m * p);
         if (m > 1 || b) {
             j.src = out;
             j.dst = yc;
@@ -284,6 +302,54 @@ graft_status graft_conv2d_forward(graft_ctx *ctx, const graft_conv2d_geom *g, co
 }
 
 /* ---- backward ------------------------------------------------------------- */
+
+/* The input gradient of a stride-1 convolution is itself a stride-1 convolution:
+ *   dx [n, c, h, w] = conv(dy [n, oc, oh, ow], wt [c, oc, kh, kw]) with padding
+ *   (kh-1-ph, kw-1-pw), where wt[ci][o][ki][kj] = w[o][ci][kh-1-ki][kw-1-kj]
+ * (the kernel flipped, its channel axes swapped).  True, and t filled when given,
+ * when g is such a convolution and the AVX-512 kernel would run it. */
+static bool dx_as_forward(const graft_conv2d_geom *g, graft_conv2d_geom *t) {
+    if (g->sh != 1 || g->sw != 1 || g->ph > g->kh - 1 || g->pw > g->kw - 1) return false;
+    graft_conv2d_geom f = {.n = g->n, .c = g->oc, .h = g->oh, .w = g->ow, .oc = g->c, .kh = g->kh,
+                           .kw = g->kw, .sh = 1, .sw = 1, .ph = g->kh - 1 - g->ph, .pw = g->kw - 1 - g->pw};
+    if (graft_conv2d_geom_init(&f) != GRAFT_OK || f.oh != g->h || f.ow != g->w) return false;
+    if (graft_conv2d_forward_kernel(&f) != GRAFT_CONV2D_AVX512) return false;
+    if (t) *t = f;
+    return true;
+}
+
+typedef struct flip_job {
+    const graft_conv2d_geom *g;
+    const float *w; /* [oc, c, kh, kw] */
+    float *wt;      /* [c, oc, kh, kw], flipped */
+} flip_job;
+
+/* Unit ci writes wt[ci]. */
+static void flip_range(void *arg, int64_t begin, int64_t end) {
+    const flip_job *j = arg;
+    const graft_conv2d_geom *g = j->g;
+    int64_t taps = g->kh * g->kw;
+    for (int64_t ci = begin; ci < end; ci++)
+        for (int64_t o = 0; o < g->oc; o++) {
+            const float *src = j->w + (o * g->c + ci) * taps;
+            float *dst = j->wt + (ci * g->oc + o) * taps;
+            for (int64_t t = 0; t < taps; t++) dst[t] = src[taps - 1 - t];
+        }
+}
+
+/* w [oc, c, kh, kw], dy [n, oc, oh, ow] -> dx [n, c, h, w] (overwritten), for a g that
+ * dx_as_forward accepts. */
+static graft_status dx_by_forward(graft_ctx *ctx, const graft_conv2d_geom *g, const float *w, const float *dy,
+                                  float *dx) {
+    graft_conv2d_geom t;
+    dx_as_forward(g, &t);
+    size_t wt_floats = (size_t)(g->oc * g->c * g->kh * g->kw);
+    float *ws = graft_ctx_workspace(ctx, wt_floats + graft_conv2d_avx512_workspace_floats(&t));
+    if (!ws) return GRAFT_ERR_NOMEM;
+    flip_job j = {.g = g, .w = w, .wt = ws};
+    graft_parallel_for(g->c, 1 + PAR_GRAIN_FLOATS / (g->oc * g->kh * g->kw), flip_range, &j);
+    return graft_conv2d_forward_avx512(&t, dy, ws, NULL, dx, ws + wt_floats);
+}
 
 /* x [n, c, h, w], w [oc, c, kh, kw], dy [n, oc, oh, ow] ->
  *   dx [n, c, h, w] (overwritten), dw [oc, c, kh, kw] (+=), db [oc] (+=); NULL skips. */
@@ -297,6 +363,10 @@ graft_status graft_conv2d_backward(graft_ctx *ctx, const graft_conv2d_geom *g, c
     if (db) {
         lower_job j = {.g = g, .m = g->n, .src = dy, .dst = db, .bias = NULL};
         run_units(bias_grad_range, &j, g->oc, g->n * p);
+    }
+    if (dx && dx_as_forward(g, NULL)) {
+        if ((s = dx_by_forward(ctx, g, w, dy, dx))) return s;
+        dx = NULL; /* done: the loop below only has dw left */
     }
     if (!dx && !dw) return GRAFT_OK;
 
@@ -335,14 +405,12 @@ graft_status graft_conv2d_backward(graft_ctx *ctx, const graft_conv2d_geom *g, c
                 run_units(im2col_range, &j, k, m * p);
                 a = col;
             }
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)g->oc, (int)k, (int)(m * p),
-                        1.0f, d_out, (int)(m * p), a, (int)(m * p), 1.0f, dw, (int)k);
+            graft_sgemm(false, true, g->oc, k, m * p, 1.0f, d_out, m * p, a, m * p, 1.0f, dw, k);
         }
         if (dx) { /* dcol [K, m*P] = W^T . dY, then summed back into dx */
             float *dxc = dx + i0 * in_image;
             float *dcol = direct ? dxc : col;
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)k, (int)(m * p), (int)g->oc,
-                        1.0f, w, (int)k, d_out, (int)(m * p), 0.0f, dcol, (int)(m * p));
+            graft_sgemm(true, false, k, m * p, g->oc, 1.0f, w, k, d_out, m * p, 0.0f, dcol, m * p);
             if (!direct) {
                 j.src = dcol;
                 j.dst = dxc;

@@ -1,11 +1,20 @@
-/* conv_internal.h — knobs of conv.c that only tests touch.
+/* conv_internal.h — the kernels behind graft_conv2d_* and the knobs only tests and
+ * benchmarks touch.
  *
- * The fast Conv2d lowers a chunk of images at a time to one GEMM; how many images
- * fit in a chunk follows from a bound on the scratch workspace.  Tests shrink the
- * bound so the multi-chunk paths run on small inputs. */
+ * Two kernels compute the fast Conv2d:
+ *   GEMM    (conv.c) lowers a chunk of images at a time to one BLAS GEMM (im2col); how
+ *           many images fit in a chunk follows from a bound on the scratch workspace,
+ *           which tests shrink so the multi-chunk paths run on small inputs;
+ *   AVX512  (conv_avx512.c) an implicit GEMM that packs im2col panels on the fly, on
+ *           CPUs with AVX-512F.  It computes the forward, and the input gradient of
+ *           stride-1 convolutions (a forward convolution of dy with the flipped,
+ *           transposed kernel); the weight gradient always takes the GEMM kernel.
+ * GRAFT_CONV2D_AUTO picks AVX512 where the CPU has it (measured faster on every VGG
+ * layer, docs/performance.md), else GEMM. */
 #ifndef GRAFT_OPS_CONV_INTERNAL_H
 #define GRAFT_OPS_CONV_INTERNAL_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -21,5 +30,31 @@ void graft_conv2d_set_workspace_limit(size_t floats);
 /* Images per GEMM chunk for this geometry under the current bound (1..n).  A single
  * image always forms a chunk, even when it alone exceeds the bound. */
 int64_t graft_conv2d_chunk_images(const graft_conv2d_geom *g);
+
+typedef enum graft_conv2d_kernel {
+    GRAFT_CONV2D_AUTO = 0,
+    GRAFT_CONV2D_GEMM,
+    GRAFT_CONV2D_AVX512
+} graft_conv2d_kernel;
+
+/* Forces a kernel for every later conv call (AUTO restores the default); AVX512 falls
+ * back to GEMM where the CPU or the sizes rule it out.  Process-wide, like the
+ * workspace bound: for tests and benchmarks. */
+void graft_conv2d_set_kernel(graft_conv2d_kernel k);
+/* The kernel graft_conv2d_forward would use for g now. */
+graft_conv2d_kernel graft_conv2d_forward_kernel(const graft_conv2d_geom *g);
+
+/* ---- conv_avx512.c ---- */
+
+/* Whether this CPU runs AVX-512F code (and the build has the kernel). */
+bool graft_conv2d_avx512_available(void);
+/* Whether g's sizes fit the kernel's 32-bit offsets. */
+bool graft_conv2d_avx512_fits(const graft_conv2d_geom *g);
+/* Scratch the kernel needs for g with the current thread count, in floats. */
+size_t graft_conv2d_avx512_workspace_floats(const graft_conv2d_geom *g);
+/* x [n, c, h, w], w [oc, c, kh, kw], b [oc] or NULL -> y [n, oc, oh, ow], threaded on
+ * graft's pool; scratch holds graft_conv2d_avx512_workspace_floats(g) floats. */
+graft_status graft_conv2d_forward_avx512(const graft_conv2d_geom *g, const float *x, const float *w,
+                                         const float *b, float *y, float *scratch);
 
 #endif

@@ -1,9 +1,14 @@
-/* linear.c — Linear (fully connected): y = x w^T + b, as one cblas_sgemm, and the
- * double reference it is checked against.  The weight keeps PyTorch's [out, in]
- * layout, so state dicts load without a transpose. */
+/* linear.c — Linear (fully connected): y = x w^T + b, as one GEMM (ops/gemm.h: BLAS,
+ * split over graft's pool), and the double reference it is checked against.  The
+ * weight keeps PyTorch's [out, in] layout, so state dicts load without a transpose.
+ *
+ * Kernel choice (docs/performance.md): OpenBLAS's SGEMM.  The classifier's products are
+ * a batch of 64 rows against weights of up to 4096 x 25088 floats, bound by reading the
+ * weights once; OpenBLAS streams them at the memory's speed, so a kernel of our own
+ * would gain nothing here. */
 #include "ops/ops.h"
 
-#include <cblas.h>
+#include "ops/gemm.h"
 
 /* ---- forward -------------------------------------------------------------- */
 
@@ -22,8 +27,7 @@ void graft_linear_forward(int64_t n, int64_t in, int64_t out, const float *x, co
             for (int64_t i = 0; i < n * out; i++) y[i] = 0.0f;
         return;
     }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, (int)out, (int)in, 1.0f, x,
-                (int)in, w, (int)in, beta, y, (int)out);
+    graft_sgemm(false, true, n, out, in, 1.0f, x, in, w, in, beta, y, out);
 }
 
 /* ---- backward ------------------------------------------------------------- */
@@ -36,14 +40,12 @@ void graft_linear_backward(int64_t n, int64_t in, int64_t out, const float *x, c
     if (n <= 0) return; /* no rows: nothing to accumulate, and dx is empty */
     if (dx && in > 0) {
         if (out > 0)
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)n, (int)in, (int)out,
-                        1.0f, dy, (int)out, w, (int)in, 0.0f, dx, (int)in);
+            graft_sgemm(false, false, n, in, out, 1.0f, dy, out, w, in, 0.0f, dx, in);
         else
             for (int64_t i = 0; i < n * in; i++) dx[i] = 0.0f;
     }
     if (dw && in > 0 && out > 0)
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)out, (int)in, (int)n, 1.0f, dy,
-                    (int)out, x, (int)in, 1.0f, dw, (int)in);
+        graft_sgemm(true, false, out, in, n, 1.0f, dy, out, x, in, 1.0f, dw, in);
     if (db)
         for (int64_t o = 0; o < out; o++) {
             double sum = 0.0; /* a batch of float gradients, summed without drift */

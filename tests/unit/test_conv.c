@@ -65,6 +65,23 @@ static const graft_conv2d_geom fast_geoms[] = {
     {.n = 2, .c = 2, .h = 3, .w = 4, .oc = 3, .kh = 2, .kw = 3, .sh = 3, .sw = 2, .ph = 4, .pw = 3},
 };
 
+/* Shapes that reach every branch of the AVX-512 kernel (conv_avx512.c): several blocks
+ * of K (KC = 128) and of output columns (144), output channels that leave a partial
+ * tile of 8, vectors read contiguously, through a mask (padding) and by gathers (maps
+ * narrower than 16), the row split used when there are few columns, and the shapes
+ * whose input gradient cannot be a forward convolution (stride 2, padding wider than
+ * the kernel). */
+static const graft_conv2d_geom kernel_geoms[] = {
+    {.n = 3, .c = 32, .h = 12, .w = 12, .oc = 13, .kh = 3, .kw = 3, .sh = 1, .sw = 1, .ph = 1, .pw = 1},
+    {.n = 2, .c = 40, .h = 2, .w = 2, .oc = 24, .kh = 3, .kw = 3, .sh = 1, .sw = 1, .ph = 1, .pw = 1},
+    {.n = 2, .c = 5, .h = 20, .w = 20, .oc = 9, .kh = 5, .kw = 5, .sh = 1, .sw = 1, .ph = 2, .pw = 2},
+    {.n = 2, .c = 6, .h = 9, .w = 11, .oc = 16, .kh = 3, .kw = 3, .sh = 2, .sw = 2, .ph = 1, .pw = 1},
+    {.n = 1, .c = 17, .h = 7, .w = 7, .oc = 8, .kh = 1, .kw = 1, .sh = 1, .sw = 1, .ph = 0, .pw = 0},
+    {.n = 4, .c = 64, .h = 8, .w = 8, .oc = 64, .kh = 3, .kw = 3, .sh = 1, .sw = 1, .ph = 1, .pw = 1},
+    {.n = 2, .c = 3, .h = 32, .w = 32, .oc = 64, .kh = 3, .kw = 3, .sh = 1, .sw = 1, .ph = 1, .pw = 1},
+    {.n = 2, .c = 3, .h = 5, .w = 6, .oc = 4, .kh = 3, .kw = 3, .sh = 1, .sw = 1, .ph = 2, .pw = 0},
+};
+
 #define COUNT(a) ((int)(sizeof(a) / sizeof((a)[0])))
 
 /* ---- a problem: one geometry with random inputs ---------------------------- */
@@ -380,6 +397,104 @@ static void test_fast_backward_matches_reference(void **state) {
     graft_ctx_release(&ctx);
 }
 
+/* ---- each kernel against the reference ------------------------------------- */
+
+static int reset_kernel(void **state) {
+    (void)state;
+    graft_conv2d_set_kernel(GRAFT_CONV2D_AUTO);
+    assert_int_equal(graft_set_num_threads(3), GRAFT_OK);
+    return 0;
+}
+
+/* Forward (with bias) and all three gradients of every geometry in geoms, with the
+ * kernel forced, against the double reference. */
+static void check_kernel(graft_conv2d_kernel kernel, const graft_conv2d_geom *geoms, int count, uint64_t seed) {
+    graft_ctx ctx;
+    graft_ctx_init(&ctx, 1);
+    graft_conv2d_set_kernel(kernel);
+    for (int i = 0; i < count; i++) {
+        problem p = make_problem(geoms[i], seed + (uint64_t)i);
+        float *y = fast_forward(&ctx, &p, 1);
+        graft_ref_conv2d_forward(&p.g, p.x, p.w, p.b, p.y);
+        double ey = tu_rel_err_fd(y, p.y, p.ny, 1e-6);
+        fast_grads f = fast_backward(&ctx, &p, 1, 1, 1);
+        double *dx = zeros(p.nx), *dw = zeros(p.nw), *db = zeros(p.g.oc);
+        graft_ref_conv2d_backward(&p.g, p.x, p.w, p.gy, dx, dw, db);
+        double ex = tu_rel_err_fd(f.dx, dx, p.nx, 1e-6);
+        double ew = tu_rel_err_fd(f.dw, dw, p.nw, 1e-6);
+        double eb = tu_rel_err_fd(f.db, db, p.g.oc, 1e-6);
+        report(kernel == GRAFT_CONV2D_GEMM ? "gemm kernel y" : "avx512 kernel y", i, ey);
+        report(kernel == GRAFT_CONV2D_GEMM ? "gemm kernel dx" : "avx512 kernel dx", i, ex);
+        if (ey > FAST_TOL || ex > FAST_TOL || ew > FAST_TOL || eb > FAST_TOL) describe(&p.g);
+        assert_true(ey <= FAST_TOL);
+        assert_true(ex <= FAST_TOL);
+        assert_true(ew <= FAST_TOL);
+        assert_true(eb <= FAST_TOL);
+        free(y);
+        free(dx);
+        free(dw);
+        free(db);
+        free_grads(&f);
+        free_problem(&p);
+    }
+    graft_conv2d_set_kernel(GRAFT_CONV2D_AUTO);
+    graft_ctx_release(&ctx);
+}
+
+static void test_gemm_kernel_matches_reference(void **state) {
+    (void)state;
+    check_kernel(GRAFT_CONV2D_GEMM, fast_geoms, COUNT(fast_geoms), 1500);
+    check_kernel(GRAFT_CONV2D_GEMM, kernel_geoms, COUNT(kernel_geoms), 1600);
+}
+
+static void test_avx512_kernel_matches_reference(void **state) {
+    (void)state;
+    if (!graft_conv2d_avx512_available()) skip();
+    check_kernel(GRAFT_CONV2D_AVX512, fast_geoms, COUNT(fast_geoms), 1700);
+    check_kernel(GRAFT_CONV2D_AVX512, kernel_geoms, COUNT(kernel_geoms), 1800);
+    /* the same with one thread: the whole range runs as one task */
+    assert_int_equal(graft_set_num_threads(1), GRAFT_OK);
+    check_kernel(GRAFT_CONV2D_AVX512, kernel_geoms, COUNT(kernel_geoms), 1900);
+}
+
+static void test_forward_kernel_follows_cpu_and_setting(void **state) {
+    (void)state;
+    graft_conv2d_geom g = kernel_geoms[0];
+    assert_int_equal(graft_conv2d_geom_init(&g), GRAFT_OK);
+    graft_conv2d_kernel best = graft_conv2d_avx512_available() ? GRAFT_CONV2D_AVX512 : GRAFT_CONV2D_GEMM;
+    assert_int_equal(graft_conv2d_forward_kernel(&g), best);
+    graft_conv2d_set_kernel(GRAFT_CONV2D_GEMM);
+    assert_int_equal(graft_conv2d_forward_kernel(&g), GRAFT_CONV2D_GEMM);
+    graft_conv2d_set_kernel(GRAFT_CONV2D_AVX512);
+    assert_int_equal(graft_conv2d_forward_kernel(&g), best);
+}
+
+/* The AVX-512 kernel splits outputs between threads, never a sum: every output is
+ * the same float sum in the same order whatever the thread count. */
+static void test_avx512_results_do_not_depend_on_threads(void **state) {
+    (void)state;
+    if (!graft_conv2d_avx512_available()) skip();
+    graft_ctx ctx;
+    graft_ctx_init(&ctx, 1);
+    for (int i = 0; i < COUNT(kernel_geoms); i++) {
+        problem p = make_problem(kernel_geoms[i], 2000 + (uint64_t)i);
+        assert_int_equal(graft_set_num_threads(1), GRAFT_OK);
+        float *y1 = fast_forward(&ctx, &p, 1);
+        fast_grads g1 = fast_backward(&ctx, &p, 1, 0, 0);
+        assert_int_equal(graft_set_num_threads(3), GRAFT_OK);
+        float *y3 = fast_forward(&ctx, &p, 1);
+        fast_grads g3 = fast_backward(&ctx, &p, 1, 0, 0);
+        assert_memory_equal(y3, y1, (size_t)p.ny * sizeof(float));
+        assert_memory_equal(g3.dx, g1.dx, (size_t)p.nx * sizeof(float));
+        free(y1);
+        free(y3);
+        free_grads(&g1);
+        free_grads(&g3);
+        free_problem(&p);
+    }
+    graft_ctx_release(&ctx);
+}
+
 /* ---- gradient conventions --------------------------------------------------- */
 
 static const graft_conv2d_geom convention_geom = {.n = 3, .c = 4, .h = 6, .w = 7, .oc = 5,
@@ -639,6 +754,10 @@ int main(void) {
         cmocka_unit_test(test_fast_forward_matches_reference),
         cmocka_unit_test(test_fast_forward_without_bias_matches_reference),
         cmocka_unit_test(test_fast_backward_matches_reference),
+        cmocka_unit_test_teardown(test_gemm_kernel_matches_reference, reset_kernel),
+        cmocka_unit_test_teardown(test_avx512_kernel_matches_reference, reset_kernel),
+        cmocka_unit_test_teardown(test_forward_kernel_follows_cpu_and_setting, reset_kernel),
+        cmocka_unit_test_teardown(test_avx512_results_do_not_depend_on_threads, reset_kernel),
         cmocka_unit_test(test_fast_backward_accumulates_dw_and_db),
         cmocka_unit_test(test_fast_backward_overwrites_dx),
         cmocka_unit_test(test_ref_backward_accumulates_dw_db_and_overwrites_dx),

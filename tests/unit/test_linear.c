@@ -36,6 +36,9 @@ static const shape fast_shapes[] = {
     {1, 1, 1},     {1, 5, 3},      {4, 7, 2},    {3, 2, 9},
     {64, 512, 10}, /* the recipe's replaced head on VGG features at 32x32 input */
     {16, 1000, 37}, {7, 33, 65},   {2, 4096, 16},
+    /* large enough that graft_sgemm splits them over the pool: by columns of y (more
+     * outputs than rows), and by rows (more rows than outputs; dw then by columns) */
+    {64, 512, 640}, {300, 96, 48},
 };
 
 #define COUNT(a) ((int)(sizeof(a) / sizeof((a)[0])))
@@ -342,6 +345,45 @@ static void test_ref_backward_null_arguments_skip(void **state) {
     free_problem(&p);
 }
 
+/* ---- threads ----------------------------------------------------------------- */
+
+/* Forward and backward of one shape with the pool at `threads`; every array is new. */
+static fast_run run_with_threads(const problem *p, int threads, float **y) {
+    shape s = p->s;
+    assert_int_equal(graft_set_num_threads(threads), GRAFT_OK);
+    fast_run r = fast_run_new(p);
+    float *b = tu_to_float(p->b, s.out);
+    *y = float_filled(s.n * s.out, NAN);
+    graft_linear_forward(s.n, s.in, s.out, r.x, r.w, b, *y);
+    graft_linear_backward(s.n, s.in, s.out, r.x, r.w, r.dy, r.dx, r.dw, r.db);
+    free(b);
+    return r;
+}
+
+/* The GEMMs split over the pool cut rows or columns, never the sums: one thread and
+ * three give the same numbers (to the last bits BLAS's kernel choice may move). */
+static void test_split_gemm_matches_one_thread(void **state) {
+    (void)state;
+    static const shape split_shapes[] = {{64, 512, 640}, {300, 96, 48}, {33, 1000, 129}};
+    for (int i = 0; i < COUNT(split_shapes); i++) {
+        shape s = split_shapes[i];
+        problem p = make_problem(s, 1400 + (uint64_t)i);
+        float *y1, *y3;
+        fast_run one = run_with_threads(&p, 1, &y1);
+        fast_run three = run_with_threads(&p, 3, &y3);
+        assert_true(rel_err_ff(y3, y1, s.n * s.out, 1e-6) <= RESCHEDULE_TOL);
+        assert_true(rel_err_ff(three.dx, one.dx, s.n * s.in, 1e-6) <= RESCHEDULE_TOL);
+        assert_true(rel_err_ff(three.dw, one.dw, s.out * s.in, 1e-6) <= RESCHEDULE_TOL);
+        assert_memory_equal(three.db, one.db, (size_t)s.out * sizeof(float));
+        free(y1);
+        free(y3);
+        fast_run_free(&one);
+        fast_run_free(&three);
+        free_problem(&p);
+    }
+    assert_int_equal(graft_set_num_threads(3), GRAFT_OK);
+}
+
 int main(void) {
     graft_set_num_threads(3); /* BLAS threads split even on a one-core runner */
     const struct CMUnitTest tests[] = {
@@ -356,6 +398,7 @@ int main(void) {
         cmocka_unit_test(test_fast_backward_null_arguments_skip),
         cmocka_unit_test(test_ref_backward_accumulates_dw_db_and_overwrites_dx),
         cmocka_unit_test(test_ref_backward_null_arguments_skip),
+        cmocka_unit_test(test_split_gemm_matches_one_thread),
     };
     int failed = cmocka_run_group_tests(tests, NULL, NULL);
     graft_threads_shutdown();

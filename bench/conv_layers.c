@@ -1,0 +1,140 @@
+/* conv_layers.c — VGG16's convolutions one by one, with each Conv2d kernel, beside a bare
+ * SGEMM of the same product: the measurement behind the kernel choice in
+ * docs/performance.md.
+ *
+ *     build/bench/bench_conv_layers [--size 32] [--batch 64] [--threads T] [--iters 5] [--backward]
+ *
+ * For each of the 13 layers (distinct shapes once) it times, interleaved so load from other
+ * processes hits all alike: graft_conv2d_forward (or the input gradient, --backward) with
+ * the AVX-512 implicit-GEMM kernel, the same with the im2col + BLAS kernel, and one
+ * graft_sgemm of the layer's GEMM shape on a ready-made col (what any im2col design
+ * costs at least).  GFLOP/s are 2 * oc * K * n * P / median seconds.  It also checks that
+ * the two kernels agree.  The last line is "gflops_per_s N": the AVX-512 kernel over
+ * all layers. */
+#define _POSIX_C_SOURCE 200809L
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "core/ctx.h"
+#include "core/threads.h"
+#include "ops/conv_internal.h"
+#include "ops/gemm.h"
+#include "ops/ops.h"
+
+#define MAX_ITERS 64
+
+static double now_seconds(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
+}
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static double median(double *t, int n) {
+    qsort(t, (size_t)n, sizeof *t, cmp_double);
+    return t[n / 2];
+}
+
+static float *random_floats(size_t n, unsigned seed, float scale) {
+    float *f = malloc(n * sizeof *f);
+    if (!f) {
+        fprintf(stderr, "out of memory\n");
+        exit(1);
+    }
+    srand(seed);
+    for (size_t i = 0; i < n; i++) f[i] = scale * ((float)rand() / (float)RAND_MAX * 2.0f - 1.0f);
+    return f;
+}
+
+/* VGG16's distinct convolutions: in channels, out channels, input size divisor. */
+static const int layers[][3] = {{3, 64, 1},    {64, 64, 1},   {64, 128, 2},  {128, 128, 2}, {128, 256, 4},
+                                {256, 256, 4}, {256, 512, 8}, {512, 512, 8}, {512, 512, 16}};
+/* How many times each shape occurs in VGG16 (13 layers in all). */
+static const int repeats[] = {1, 1, 1, 1, 1, 2, 1, 2, 3};
+
+int main(int argc, char **argv) {
+    int size = 32, batch = 64, threads = 0, iters = 5, backward = 0;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--size") && i + 1 < argc) size = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--batch") && i + 1 < argc) batch = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--threads") && i + 1 < argc) threads = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--iters") && i + 1 < argc) iters = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--backward")) backward = 1;
+        else {
+            fprintf(stderr, "usage: %s [--size S] [--batch B] [--threads T] [--iters I] [--backward]\n", argv[0]);
+            return 2;
+        }
+    }
+    if (size < 16 || batch < 1 || iters < 1 || iters > MAX_ITERS) {
+        fprintf(stderr, "need --size >= 16, --batch >= 1, --iters in 1..%d\n", MAX_ITERS);
+        return 2;
+    }
+    graft_set_num_threads(threads);
+    graft_ctx ctx;
+    graft_ctx_init(&ctx, 1);
+    printf("VGG16 %s, %dx%d, batch %d, %d threads, median of %d\n", backward ? "input gradients" : "forward", size,
+           size, batch, graft_num_threads(), iters);
+    printf("%-24s %18s %18s %18s %10s\n", "layer", "avx512 GFLOP/s", "im2col+BLAS", "bare SGEMM", "max diff");
+    double total_flops = 0, total_avx = 0, total_gemm = 0, total_sgemm = 0;
+    for (size_t l = 0; l < sizeof layers / sizeof layers[0]; l++) {
+        graft_conv2d_geom g = {.n = batch, .c = layers[l][0], .h = size / layers[l][2], .w = size / layers[l][2],
+                               .oc = layers[l][1], .kh = 3, .kw = 3, .sh = 1, .sw = 1, .ph = 1, .pw = 1};
+        graft_conv2d_geom_init(&g);
+        size_t nx = (size_t)(g.n * g.c * g.h * g.w), nw = (size_t)(g.oc * g.c * 9), ny = (size_t)(g.n * g.oc * g.oh * g.ow);
+        int64_t k = g.c * 9, cols = g.n * g.oh * g.ow;
+        float *x = random_floats(nx, 1, 1.0f), *w = random_floats(nw, 2, 0.05f), *b = random_floats((size_t)g.oc, 3, 0.1f);
+        float *dy = random_floats(ny, 4, 1.0f);
+        float *out[2] = {malloc((backward ? nx : ny) * sizeof(float)), malloc((backward ? nx : ny) * sizeof(float))};
+        float *col = random_floats((size_t)(k * cols), 5, 1.0f), *prod = random_floats(ny, 6, 1.0f);
+        if (!out[0] || !out[1]) return 1;
+        double t[3][MAX_ITERS + 1];
+        for (int it = 0; it <= iters; it++) { /* iteration 0 warms up */
+            for (int kernel = 0; kernel < 2; kernel++) {
+                graft_conv2d_set_kernel(kernel == 0 ? GRAFT_CONV2D_AVX512 : GRAFT_CONV2D_GEMM);
+                double t0 = now_seconds();
+                if (backward)
+                    graft_conv2d_backward(&ctx, &g, x, w, dy, out[kernel], NULL, NULL);
+                else
+                    graft_conv2d_forward(&ctx, &g, x, w, b, out[kernel]);
+                t[kernel][it] = now_seconds() - t0;
+            }
+            double t0 = now_seconds();
+            if (backward) /* dcol [K, cols] = W^T . dY */
+                graft_sgemm(true, false, k, cols, g.oc, 1.0f, w, k, prod, cols, 0.0f, col, cols);
+            else /* Y [oc, cols] = W . col */
+                graft_sgemm(false, false, g.oc, cols, k, 1.0f, w, k, col, cols, 0.0f, prod, cols);
+            t[2][it] = now_seconds() - t0;
+        }
+        graft_conv2d_set_kernel(GRAFT_CONV2D_AUTO);
+        double diff = 0, mag = 1e-30;
+        for (size_t i = 0; i < (backward ? nx : ny); i++) {
+            diff = fmax(diff, fabs((double)out[0][i] - out[1][i]));
+            mag = fmax(mag, fabs((double)out[1][i]));
+        }
+        double flops = 2.0 * (double)g.oc * (double)k * (double)cols;
+        double ta = median(t[0] + 1, iters), tg = median(t[1] + 1, iters), ts = median(t[2] + 1, iters);
+        char name[64];
+        snprintf(name, sizeof name, "%lld->%lld, %lldx%lld (x%d)", (long long)g.c, (long long)g.oc, (long long)g.h,
+                 (long long)g.w, repeats[l]);
+        printf("%-24s %18.1f %18.1f %18.1f %10.1e\n", name, flops / ta / 1e9, flops / tg / 1e9, flops / ts / 1e9,
+               diff / mag);
+        total_flops += repeats[l] * flops;
+        total_avx += repeats[l] * ta;
+        total_gemm += repeats[l] * tg;
+        total_sgemm += repeats[l] * ts;
+        free(x), free(w), free(b), free(dy), free(out[0]), free(out[1]), free(col), free(prod);
+    }
+    printf("%-24s %18.1f %18.1f %18.1f\n", "all 13 layers", total_flops / total_avx / 1e9,
+           total_flops / total_gemm / 1e9, total_flops / total_sgemm / 1e9);
+    printf("gflops_per_s %.1f\n", total_flops / total_avx / 1e9);
+    graft_ctx_release(&ctx);
+    graft_threads_shutdown();
+    return 0;
+}
