@@ -11,7 +11,11 @@ PACKAGES=(
   libarchive-dev                     # zip checkpoints (torch.save), dataset archives
   libpng-dev libjpeg62-turbo-dev zlib1g-dev  # image decoding, gzip
   libcmocka-dev                      # unit tests
+  dataset-fashion-mnist              # graft demo's data (/usr/share/datasets/fashion-mnist)
 )
+if [ "${1:-}" = "--tests" ]; then
+  PACKAGES+=(chromium)               # tests/cli/test_report.sh renders the demo's report
+fi
 
 missing=()
 for p in "${PACKAGES[@]}"; do

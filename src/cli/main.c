@@ -21,6 +21,8 @@ static const struct {
     {"models", cmd_models, "list the model zoo and its pretrained weights"},
     {"fetch", cmd_fetch, "download pretrained weights or a dataset, verified"},
     {"data", cmd_data, "show a dataset's splits, classes and input shape; dump samples"},
+    {"demo", cmd_demo, "learn a new task from a few labelled images: scratch, transfer, fine-tune"},
+    {"bench", cmd_bench, "time forward, training steps or the whole recipe on random data"},
 };
 
 int cli_fail(const char *fmt, ...) {
