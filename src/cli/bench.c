@@ -117,7 +117,7 @@ static graft_status run_once(mode md, graft_model *m, graft_optim *opt, graft_te
     graft_status s;
     if (md == MODE_FEATURES) {
         graft_tensor *out;
-        return graft_model_forward_steps(m, NULL, 0, 0, 1, x, &out);
+        return graft_model_forward_steps(m, NULL, 0, 0, graft_model_nsteps(m) - 1, x, &out); /* all but the head */
     }
     const graft_tensor *logits;
     if ((s = graft_model_forward(m, x, &logits))) return s;
