@@ -180,8 +180,9 @@ GRAFT_API const char *graft_model_arch(const graft_model *m);
 GRAFT_API char *graft_model_repr(const graft_model *m);
 
 /* Freezes (frozen=1) or unfreezes every parameter under a module path prefix
- * ("features", "features.0", "classifier.3"; "" is the whole model).  A prefix matching
- * no module is GRAFT_ERR_NOTFOUND. */
+ * ("features", "features.0", "classifier.3"; "" is the whole model; "trunk", unless the
+ * model has a module of that name, is everything but the head, which keeps its state).
+ * A prefix matching no module is GRAFT_ERR_NOTFOUND. */
 GRAFT_API graft_status graft_model_freeze(graft_model *m, const char *prefix, int frozen);
 /* Parameter counts (buffers excluded), as sum(p.numel()) in PyTorch. */
 GRAFT_API void graft_model_param_counts(const graft_model *m, int64_t *total, int64_t *trainable);

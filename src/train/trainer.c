@@ -119,15 +119,10 @@ static graft_status add_frozen(trainer *t, const char *prefix) {
 
 /* --freeze: module prefixes; "trunk" is everything but the head. */
 static graft_status apply_freeze(trainer *t) {
-    const char *head = graft_model_head_path(t->model);
     for (int i = 0; i < t->c.nfreeze; i++) {
         const char *p = t->c.freeze[i];
         graft_status s;
-        if (!strcmp(p, "trunk")) {
-            if ((s = graft_model_freeze(t->model, "", 1)) || (s = graft_model_freeze(t->model, head, 0))) return s;
-        } else if ((s = graft_model_freeze(t->model, p, 1))) {
-            return graft_error_prefix(s, "--freeze");
-        }
+        if ((s = graft_model_freeze(t->model, p, 1))) return graft_error_prefix(s, "--freeze");
         if ((s = add_frozen(t, p))) return s;
     }
     return GRAFT_OK;

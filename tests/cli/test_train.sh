@@ -44,6 +44,12 @@ grep -q '"predictions":\[{"class":[0-9],"name":"[0-9]","probability":' "$WORK/pr
     fail "predict --json: $(cat "$WORK/pred.json")"
 [[ $(grep -o '"probability"' "$WORK/pred.json" | wc -l) -eq 3 ]] || fail "predict --topk 3 gave another count"
 
+# ---- --freeze trunk (everything but the head) is recorded so that eval understands it --
+"$GRAFT" train --model "$SPEC" --data "$DATA" --epochs 1 --batch-size 8 --freeze trunk --out "$WORK/trunk" \
+    --quiet >"$WORK/trunk.out" 2>"$WORK/trunk.err" || fail "train --freeze trunk: $(cat "$WORK/trunk.err")"
+"$GRAFT" eval --checkpoint "$WORK/trunk/last.safetensors" --data "$DATA" >"$WORK/trunk_eval.out" 2>"$WORK/trunk_eval.err" ||
+    fail "eval of a --freeze trunk checkpoint: $(cat "$WORK/trunk_eval.err")"
+
 # ---- the C API example, built as an application would build it --------------------
 if [[ -n ${GRAFT_EXAMPLE_CLASSIFY:-} ]]; then
     { printf 'P6 16 16 255\n'; head -c $((16 * 16 * 3)) /dev/urandom; } >"$WORK/image.ppm"

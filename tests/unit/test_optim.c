@@ -633,6 +633,32 @@ static void test_apply_schedule_scales_each_group_from_its_base_rate(void **stat
 
 /* ---- models ------------------------------------------------------------------------------- */
 
+/* "trunk" is everything but the head, also when the head is nested (VGG's classifier.6);
+ * unfreezing the trunk leaves the head as it was. */
+static void test_freezing_trunk_leaves_the_head_alone(void **state) {
+    (void)state;
+    graft_model *m;
+    graft_model_options mo = graft_model_defaults();
+    mo.num_classes = 3;
+    assert_int_equal(graft_model_create("vgg:cfg=4-M,hidden=8,pool=1", &mo, &m), GRAFT_OK);
+    assert_int_equal(graft_model_freeze(m, "trunk", 1), GRAFT_OK);
+    int64_t total, trainable;
+    graft_model_param_counts(m, &total, &trainable);
+    assert_int_equal(trainable, 8 * 3 + 3); /* classifier.6: 3x8 weight and 3 biases */
+    graft_optim_options o = opts(GRAFT_OPTIM_SGD, 0.01, 0.1);
+    graft_optim *opt;
+    assert_int_equal(graft_optim_create_for_model(m, &o, graft_model_head_path(m), &opt), GRAFT_OK);
+    assert_int_equal(graft_optim_size(opt), 2);
+    assert_string_equal(graft_optim_param_name(opt, 0), "classifier.6.weight");
+    graft_optim_free(opt);
+    assert_int_equal(graft_model_freeze(m, "classifier.6", 1), GRAFT_OK);
+    assert_int_equal(graft_model_freeze(m, "trunk", 0), GRAFT_OK);
+    int64_t unfrozen;
+    graft_model_param_counts(m, &total, &unfrozen);
+    assert_int_equal(unfrozen, total - trainable); /* the head stayed frozen */
+    graft_model_free(m);
+}
+
 static void test_model_optimizer_holds_trainable_parameters_in_head_and_trunk_groups(void **state) {
     (void)state;
     graft_model *m;
@@ -875,6 +901,7 @@ int main(void) {
         cmocka_unit_test(test_parameter_in_missing_group_or_named_twice_is_invalid),
         cmocka_unit_test(test_kind_names_parse_case_insensitively),
         cmocka_unit_test(test_defaults_are_pytorch_defaults),
+        cmocka_unit_test(test_freezing_trunk_leaves_the_head_alone),
     };
     return cmocka_run_group_tests(tests, NULL, report);
 }
