@@ -1,11 +1,12 @@
 /* demo.c — `graft demo` (see demo.h): the K-shot training file, three graft_train runs,
  * one evaluation of each, results.tsv and the report.
  *
- * The recipe (graft_demo_defaults) was fixed before any test image was looked at:
- * bench/demo_tune.sh runs the demo with --validate, which trains on K images drawn from
- * the target classes' training images less the last DEMO_VAL_PER_CLASS of each class and
- * evaluates on those held-out images, over a small grid of learning rates, epochs and
- * frozen prefixes, for several seeds; the defaults are the grid's best on that split. */
+ * The recipe (graft_demo_defaults) was chosen on a validation split, never on the test
+ * split: bench/demo_tune.sh runs the demo with --validate, which trains on K images drawn
+ * from the target classes' training images less the last DEMO_VAL_PER_CLASS of each class
+ * and evaluates on those held-out images, over a small grid of learning rates, schedules,
+ * epochs, augmentations and frozen prefixes, for several seeds; each method takes its
+ * best (docs/demo.md has the tables). */
 #include "demo/demo.h"
 
 #include <math.h>
@@ -41,13 +42,14 @@ graft_demo_options graft_demo_defaults(void) {
         .sweep_k = "1,5,20,100",
         .k = 5,
         .epochs = 5,
+        .transfer_epochs = 20,
         .finetune_epochs = 3,
         .epoch_images = 320,
         .batch_size = 32,
         .lr_scratch = 1e-3,
         .lr_transfer = 1e-2,
         .lr_finetune = 1e-4,
-        .schedule = "cosine",
+        .schedule = "constant,cosine,cosine",
         .freeze = "features",
         .transform = "hflip",
     };
@@ -173,7 +175,28 @@ typedef struct demo {
     double prev_sum;             /* loss summed over the epoch's earlier steps */
     int64_t prev_seen;
     bool out_of_memory;          /* a step's loss could not be kept */
+    bool cosine[GRAFT_DEMO_METHODS]; /* o->schedule per method */
 } demo;
+
+/* "cosine" or "constant" for every method, or three of them separated by commas. */
+static graft_status parse_schedules(const char *spec, bool *cosine) {
+    const char *p = spec;
+    for (int m = 0; m < GRAFT_DEMO_METHODS; m++) {
+        size_t n = strcspn(p, ",");
+        if (n == 6 && !strncmp(p, "cosine", 6)) cosine[m] = true;
+        else if (n == 8 && !strncmp(p, "constant", 8)) cosine[m] = false;
+        else break;
+        if (m == 0 && !p[n]) { /* one value for all */
+            for (int j = 1; j < GRAFT_DEMO_METHODS; j++) cosine[j] = cosine[0];
+            return GRAFT_OK;
+        }
+        if (m == GRAFT_DEMO_METHODS - 1 && !p[n]) return GRAFT_OK;
+        if (!p[n]) break;
+        p += n + 1;
+    }
+    return graft_error(GRAFT_ERR_INVALID, "--schedule: '%s' is not cosine|constant, once or for each of the %d methods",
+                       spec, GRAFT_DEMO_METHODS);
+}
 
 static void stage(demo *d, int64_t k, int method, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
 static void stage(demo *d, int64_t k, int method, const char *fmt, ...) {
@@ -310,6 +333,7 @@ static graft_status train_method(demo *d, int method, const char *train_spec, co
     case 0: c.lr = o->lr_scratch; break;
     case 1:
         c.lr = o->lr_transfer;
+        c.epochs = o->transfer_epochs;
         c.freeze = (const char *const *)d->freeze;
         c.nfreeze = d->nfreeze;
         break;
@@ -321,7 +345,7 @@ static graft_status train_method(demo *d, int method, const char *train_spec, co
     c.weights = weights;
     c.arch = d->arch;
     char schedule[64] = "constant";
-    if (!strcmp(o->schedule, "cosine")) snprintf(schedule, sizeof schedule, "cosine:t_max=%lld", (long long)c.epochs);
+    if (d->cosine[method]) snprintf(schedule, sizeof schedule, "cosine:t_max=%lld", (long long)c.epochs);
     c.schedule = schedule;
     graft_train_callbacks tcb = {.progress = on_train_progress, .user = d};
     double start = now_seconds();
@@ -545,17 +569,17 @@ graft_status graft_demo_run(const graft_demo_options *o, const graft_demo_callba
     if (!o->source_model) return graft_error(GRAFT_ERR_INVALID, "--source is required");
     if (!o->out_dir) return graft_error(GRAFT_ERR_INVALID, "--out is required");
     if (!o->sweep && o->k < 1) return graft_error(GRAFT_ERR_INVALID, "--k must be positive");
-    if (o->epochs < 1 || o->finetune_epochs < 1 || o->batch_size < 1 || o->epoch_images < 1)
+    if (o->epochs < 1 || o->transfer_epochs < 1 || o->finetune_epochs < 1 || o->batch_size < 1 || o->epoch_images < 1)
         return graft_error(GRAFT_ERR_INVALID, "epochs, batch size and epoch images must be positive");
-    if (strcmp(o->schedule, "cosine") && strcmp(o->schedule, "constant"))
-        return graft_error(GRAFT_ERR_INVALID, "--schedule must be 'cosine' or 'constant', not '%s'", o->schedule);
     if (strcmp(o->freeze, "features") && strcmp(o->freeze, "trunk"))
         return graft_error(GRAFT_ERR_INVALID, "--freeze must be 'features' or 'trunk', not '%s'", o->freeze);
     demo d = {.o = o, .cb = cb};
+    graft_status s = parse_schedules(o->schedule, d.cosine);
+    if (s) return s;
     graft_model *source = NULL;
     graft_checkpoint_meta meta;
     memset(&meta, 0, sizeof meta);
-    graft_status s = graft_checkpoint_load(o->source_model, &source, &meta);
+    s = graft_checkpoint_load(o->source_model, &source, &meta);
     if (s) return graft_error_prefix(s, "--source");
     s = freeze_prefixes(&d, source);
     graft_model_free(source);

@@ -47,12 +47,14 @@ typedef struct graft_demo_options {
     int validate;               /* evaluate on held-out training images, not the test split */
     int threads;                /* 0: GRAFT_NUM_THREADS or the cores */
     /* the recipe (graft_demo_defaults; chosen on the validation split, see demo.c) */
-    int64_t epochs;             /* of scratch and transfer */
+    int64_t epochs;             /* of scratch */
+    int64_t transfer_epochs;    /* of transfer (cheap: the frozen trunk is computed once) */
     int64_t finetune_epochs;    /* of fine-tune, after transfer's */
     int64_t epoch_images;       /* at least this many augmented images per epoch */
     int64_t batch_size;
     double lr_scratch, lr_transfer, lr_finetune; /* Adam */
-    const char *schedule;       /* "cosine" (to 0 over each method's epochs) or "constant" */
+    const char *schedule;       /* per method, "S" or "S1,S2,S3", each "cosine" (to 0 over the
+                                   method's epochs) or "constant"; default "constant,cosine,cosine" */
     const char *freeze;         /* what transfer freezes: "features" or "trunk" */
     const char *transform;      /* training augmentation */
     int64_t eval_limit;         /* > 0: only the first eval_limit evaluation images (tests) */

@@ -297,10 +297,11 @@ graft_status graft_demo_write_report(const graft_demo_result *r, const graft_dem
     graft_strbuf_printf(&sb, "</table>\n<p class=\"note\">(a) the same architecture, freshly initialised; (b) the "
                         "source weights with <code>%s</code> frozen and a new %lld-way head; (c) (b)'s weights with "
                         "every layer trainable (its seconds come on top of (b)'s). Adam at learning rates %g / %g / "
-                        "%g with a %s schedule, batch %lld, augmentation <code>%s</code>; %lld epochs of at least "
-                        "%lld images for (a) and (b), %lld for (c).</p>\n", o->freeze, (long long)r->num_classes,
+                        "%g with the schedules %s, batch %lld, augmentation <code>%s</code>; %lld / %lld / %lld epochs "
+                        "of at least %lld images.</p>\n", o->freeze, (long long)r->num_classes,
                         o->lr_scratch, o->lr_transfer, o->lr_finetune, o->schedule, (long long)o->batch_size,
-                        o->transform, (long long)o->epochs, (long long)o->epoch_images, (long long)o->finetune_epochs);
+                        o->transform, (long long)o->epochs, (long long)o->transfer_epochs, (long long)o->finetune_epochs,
+                        (long long)o->epoch_images);
 
     graft_strbuf_append(&sb, "<h2>Learning curves</h2>\n");
     curves(&sb, run);
