@@ -10,11 +10,13 @@ of the machine's SGEMM peak, and peak RSS.
     bench/compare.py --graft build/graft --quick         # minutes instead of an hour
     bench/compare.py --graft build/graft --native-blas   # OpenBLAS picks its own kernels
 
-Rows (all VGG16, float32, random data of the stated shapes, eval mode unless noted):
-  features 32x32 / 224x224   forward through model.features
+Rows (VGG16 unless noted, float32, random data of the stated shapes, eval mode unless noted):
+  features 32x32 / 224x224   forward through model.features, avgpool and flatten (all but
+                             the classifier: what a frozen trunk's feature cache computes)
   eval 32x32                 whole model, 10-class head, eval mode, no_grad
   train step 32x32           the recipe's step: train mode, features frozen, 10-class head,
                              cross-entropy, backward, SGD lr 0.001 momentum 0.9
+  resnet50 features 224x224  resnet50's trunk: every module but fc, then flatten (2048 per image)
   recipe E epochs            the recipe end to end on 50,000 + 10,000 synthetic images of
                              CIFAR-10's shapes per epoch (train, then evaluate, each epoch).
                              graft runs all of it (`graft bench recipe`).  PyTorch's time is
@@ -74,9 +76,12 @@ def timed(step):
 mode = cfg["mode"]
 out = {}
 if mode in ("features", "eval"):
-    m = torchvision.models.vgg16() if mode == "features" else recipe_model()
+    m = getattr(torchvision.models, cfg.get("model", "vgg16"))() if mode == "features" else recipe_model()
     m.eval()
-    net = m.features if mode == "features" else m
+    # features: every step but the head (VGG's classifier, ResNet's fc), as `graft bench
+    # features` runs it
+    trunk = torch.nn.Sequential(*list(m.children())[:-1])
+    net = (lambda x: torch.flatten(trunk(x), 1)) if mode == "features" else m
     x = torch.rand(B, 3, S, S) * 4 - 2
     with torch.no_grad():
         out["images_per_s"] = B / timed(lambda: net(x))
@@ -230,11 +235,11 @@ def main():
     def progress(msg):
         print(f"compare.py: {msg}", file=sys.stderr, flush=True)
 
-    def model_row(name, mode, size, batch, extra=()):
+    def model_row(name, mode, size, batch, extra=(), model="vgg16"):
         progress(f"{name} ...")
-        g, ginfo = graft_bench(graft, env, [mode, "--model", "vgg16", "--size", str(size), "--batch", str(batch),
+        g, ginfo = graft_bench(graft, env, [mode, "--model", model, "--size", str(size), "--batch", str(batch),
                                             "--iters", str(a.iters)] + list(extra) + T)
-        t = torch_bench(env, {"mode": mode, "threads": a.threads, "batch": batch, "size": size,
+        t = torch_bench(env, {"mode": mode, "model": model, "threads": a.threads, "batch": batch, "size": size,
                               "iters": a.iters, "warmup": 2})
         rows.append({"name": name, "unit": "img/s", "graft": g, "torch": t["images_per_s"],
                      "ratio": g / t["images_per_s"], "graft_rss_mb": float(ginfo.get("peak_rss_mb", "nan")),
@@ -252,11 +257,15 @@ def main():
     f224 = model_row(f"features 224x224, batch {a.batch_224}", "features", 224, a.batch_224)
     model_row(f"eval 32x32, batch {a.batch}", "eval", 32, a.batch, ["--num-classes", "10"])
     model_row(f"train step 32x32, batch {a.batch}", "train-step", 32, a.batch, ["--num-classes", "10"])
+    r50 = model_row(f"resnet50 features 224x224, batch {a.batch_224}", "features", 224, a.batch_224,
+                    model="resnet50")
     peak = max(peak, sgemm_peak())
     # VGG16's features: 0.6266 GFLOP per 32x32 image, 15.36 per 224x224 image (multiply-adds x 2)
-    flops = {"features 32": 0.6266e9, "features 224": 15.36e9}
+    # and resnet50's trunk 8.18 per 224x224 image
+    flops = {"features 32": 0.6266e9, "features 224": 15.36e9, "resnet50 224": 8.18e9}
     f32["pct_peak"] = 100 * f32["graft"] * flops["features 32"] / 1e9 / peak
     f224["pct_peak"] = 100 * f224["graft"] * flops["features 224"] / 1e9 / peak
+    r50["pct_peak"] = 100 * r50["graft"] * flops["resnet50 224"] / 1e9 / peak
 
     if not a.no_recipe:
         progress(f"recipe, graft: {a.epochs} epochs of {a.train:,} + {a.test:,} images ...")

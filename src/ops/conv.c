@@ -41,9 +41,8 @@ void graft_conv2d_set_workspace_limit(size_t floats) {
 void graft_conv2d_set_kernel(graft_conv2d_kernel k) { forced_kernel = k; }
 
 graft_conv2d_kernel graft_conv2d_forward_kernel(const graft_conv2d_geom *g) {
-    static int avx512 = -1; /* the CPU does not change under us */
-    if (avx512 < 0) avx512 = graft_conv2d_avx512_available();
-    if (forced_kernel == GRAFT_CONV2D_GEMM || !avx512 || !graft_conv2d_avx512_fits(g)) return GRAFT_CONV2D_GEMM;
+    if (forced_kernel == GRAFT_CONV2D_GEMM || !graft_conv2d_avx512_available() || !graft_conv2d_avx512_fits(g))
+        return GRAFT_CONV2D_GEMM;
     return GRAFT_CONV2D_AVX512;
 }
 

@@ -22,7 +22,12 @@
  *
  * Threads: the (column block, row range) work units are split over graft's pool: by
  * columns when there are plenty, else by rows of W so each thread has an equal share
- * (small deep layers).  No BLAS is involved. */
+ * (small deep layers).  No BLAS is involved.
+ *
+ * The kernel is compiled for x86-64 with GCC or clang (function-level target
+ * attributes, so the rest of graft keeps the baseline ISA) and used only where the CPU
+ * reports AVX-512F; -DGRAFT_NO_AVX512 leaves it out, and every convolution then takes
+ * the GEMM path. */
 #include "ops/conv_internal.h"
 
 #include <limits.h>
@@ -50,7 +55,7 @@
 #define LANES 16
 #define CACHE_LINE_FLOATS 16
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(GRAFT_NO_AVX512)
 #define HAVE_AVX512_BUILD 1
 #include <immintrin.h>
 #define AVX512 __attribute__((target("avx512f")))
