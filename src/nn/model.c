@@ -490,11 +490,26 @@ done:
     return GRAFT_OK;
 }
 
-graft_status graft_model_state_dict(const graft_model *m, graft_tensor_map **out) {
+/* A new tensor struct viewing t's data (freeing it leaves the data alone). */
+static graft_status view_of(const graft_tensor *t, graft_tensor **out) {
+    *out = malloc(sizeof **out);
+    if (!*out) return graft_error(GRAFT_ERR_NOMEM, "out of memory");
+    graft_tensor_init(*out, t->dtype);
+    return graft_tensor_view(*out, t, t->ndim, t->shape);
+}
+
+static graft_status state_dict(const graft_model *m, bool views, graft_tensor_map **out) {
     graft_tensor_map *map;
     graft_status s = graft_tensor_map_create(&map);
     if (s) return s;
-    for (size_t i = 0; i < m->nstate && !s; i++) s = graft_tensor_map_put_copy(map, m->state[i].name, m->state[i].value);
+    for (size_t i = 0; i < m->nstate && !s; i++) {
+        if (!views) {
+            s = graft_tensor_map_put_copy(map, m->state[i].name, m->state[i].value);
+            continue;
+        }
+        graft_tensor *v;
+        if (!(s = view_of(m->state[i].value, &v))) s = graft_tensor_map_put(map, m->state[i].name, v);
+    }
     if (s) {
         graft_tensor_map_free(map);
         return s;
@@ -503,9 +518,13 @@ graft_status graft_model_state_dict(const graft_model *m, graft_tensor_map **out
     return GRAFT_OK;
 }
 
+graft_status graft_model_state_dict(const graft_model *m, graft_tensor_map **out) { return state_dict(m, false, out); }
+
+graft_status graft_model_state_view(const graft_model *m, graft_tensor_map **out) { return state_dict(m, true, out); }
+
 graft_status graft_model_save_safetensors(const graft_model *m, const char *path) {
     graft_tensor_map *map;
-    graft_status s = graft_model_state_dict(m, &map);
+    graft_status s = graft_model_state_view(m, &map);
     if (s) return s;
     s = graft_safetensors_save(path, map);
     graft_tensor_map_free(map);

@@ -8,6 +8,10 @@
 #include "graft/graft.h"
 #include "nn/module.h"
 
+/* The state dict as views of the model's own tensors (no copy): valid while the model
+ * lives and its state is not replaced; for saving.  Free with graft_tensor_map_free. */
+graft_status graft_model_state_view(const graft_model *m, graft_tensor_map **out);
+
 /* How many layer backward calls ran since the model was created: tests use it to see
  * that backward stops below the lowest trainable layer. */
 uint64_t graft_model_backward_op_count(const graft_model *m);

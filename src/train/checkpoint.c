@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "core/error.h"
+#include "nn/model.h"
 
 #define FORMAT_NAME "graft-checkpoint"
 #define FORMAT_VERSION "1"
@@ -71,7 +72,7 @@ static char *json_strings(char *const *v, int64_t n) {
 
 graft_status graft_checkpoint_save(const char *path, const graft_model *m, const graft_checkpoint_meta *meta) {
     graft_tensor_map *map;
-    graft_status s = graft_model_state_dict(m, &map);
+    graft_status s = graft_model_state_view(m, &map); /* saved as it is: no copy */
     if (s) return s;
     char num[32], shape[64], epoch[32];
     snprintf(num, sizeof num, "%lld", (long long)graft_model_num_classes(m));

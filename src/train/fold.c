@@ -6,25 +6,34 @@
 #include <string.h>
 
 #include "core/error.h"
+#include "core/threads.h"
 #include "nn/layers.h"
 #include "nn/model.h"
 
-/* W_f[o, ci*hw + p] = sum of W[o, ci*ohow + q] over the output cells q copying cell p. */
-static void fold_weights(graft_fold *f) {
+/* W_f[o, ci*hw + p] = sum of W[o, ci*ohow + q] over the output cells q copying cell p.
+ * Rows o are independent: split over the pool. */
+static void fold_rows(void *arg, int64_t begin, int64_t end) {
+    graft_fold *f = arg;
     const float *w = f->linear->params[0].value.data;
     float *wf = f->folded->params[0].value.data;
-    int64_t out = f->linear->params[0].value.shape[0], in = f->c * f->oh * f->ow, fin = f->c * f->h * f->w;
+    int64_t in = f->c * f->oh * f->ow, fin = f->c * f->h * f->w;
     int64_t ry = f->oh / f->h, rx = f->ow / f->w;
-    for (int64_t o = 0; o < out; o++)
-        for (int64_t ci = 0; ci < f->c; ci++)
+    for (int64_t o = begin; o < end; o++)
+        for (int64_t ci = 0; ci < f->c; ci++) {
+            const float *wc = &w[o * in + ci * f->oh * f->ow];
+            float *wfc = &wf[o * fin + ci * f->h * f->w];
             for (int64_t y = 0; y < f->h; y++)
                 for (int64_t x = 0; x < f->w; x++) {
                     double sum = 0;
                     for (int64_t qy = y * ry; qy < (y + 1) * ry; qy++)
-                        for (int64_t qx = x * rx; qx < (x + 1) * rx; qx++)
-                            sum += w[o * in + ci * f->oh * f->ow + qy * f->ow + qx];
-                    wf[o * fin + ci * f->h * f->w + y * f->w + x] = (float)sum;
+                        for (int64_t qx = x * rx; qx < (x + 1) * rx; qx++) sum += wc[qy * f->ow + qx];
+                    wfc[y * f->w + x] = (float)sum;
                 }
+        }
+}
+
+static void fold_weights(graft_fold *f) {
+    graft_parallel_for(f->linear->params[0].value.shape[0], 16, fold_rows, f);
     graft_tensor_copy_data(&f->wf0, &f->folded->params[0].value);
 }
 
@@ -166,22 +175,35 @@ nomem:
     return graft_error(GRAFT_ERR_NOMEM, "out of memory");
 }
 
+/* W[o, ci*ohow + q] = a W + (W_f - a W_f0)[o, ci*hw + p(q)] / n for rows [begin, end). */
+static void reorigin_rows(void *arg, int64_t begin, int64_t end) {
+    graft_fold *f = arg;
+    double a = f->reorigin_a;
+    float *w = f->linear->params[0].value.data;
+    const float *wf = f->folded->params[0].value.data, *wf0 = f->wf0.data;
+    int64_t in = f->c * f->oh * f->ow, fin = f->c * f->h * f->w;
+    int64_t ry = f->oh / f->h, rx = f->ow / f->w;
+    for (int64_t o = begin; o < end; o++)
+        for (int64_t ci = 0; ci < f->c; ci++) {
+            float *wc = &w[o * in + ci * f->oh * f->ow];
+            const float *wfc = &wf[o * fin + ci * f->h * f->w], *wf0c = &wf0[o * fin + ci * f->h * f->w];
+            for (int64_t qy = 0; qy < f->oh; qy++) {
+                int64_t row = (qy / ry) * f->w;
+                for (int64_t qx = 0; qx < f->ow; qx++) {
+                    int64_t j = row + qx / rx;
+                    float *wk = &wc[qy * f->ow + qx];
+                    *wk = (float)(a * *wk + ((double)wfc[j] - a * wf0c[j]) / (double)f->n);
+                }
+            }
+        }
+}
+
 graft_status graft_fold_reorigin(graft_fold *f, graft_optim *opt) {
     if (!f->active) return GRAFT_OK;
     double a = ((float *)f->probe.data)[0];
     if (a == 0) return graft_error(GRAFT_ERR_INVALID, "folding: weight decay zeroed the weights (lr * wd = 1)");
-    float *w = f->linear->params[0].value.data;
-    const float *wf = f->folded->params[0].value.data, *wf0 = f->wf0.data;
-    int64_t out = f->linear->params[0].value.shape[0], in = f->c * f->oh * f->ow, fin = f->c * f->h * f->w;
-    int64_t ry = f->oh / f->h, rx = f->ow / f->w;
-    for (int64_t o = 0; o < out; o++)
-        for (int64_t ci = 0; ci < f->c; ci++)
-            for (int64_t qy = 0; qy < f->oh; qy++)
-                for (int64_t qx = 0; qx < f->ow; qx++) {
-                    int64_t j = o * fin + ci * f->h * f->w + (qy / ry) * f->w + qx / rx;
-                    float *wk = &w[o * in + ci * f->oh * f->ow + qy * f->ow + qx];
-                    *wk = (float)(a * *wk + ((double)wf[j] - a * wf0[j]) / (double)f->n);
-                }
+    f->reorigin_a = a;
+    graft_parallel_for(f->linear->params[0].value.shape[0], 16, reorigin_rows, f);
     fold_weights(f);
     float *buf = graft_optim_state_buffer(opt, GRAFT_FOLD_PROBE_NAME);
     if (buf) buf[0] = (float)(buf[0] / a); /* the momentum's coefficient of the new origin */
