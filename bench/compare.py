@@ -17,9 +17,10 @@ Rows (VGG16 unless noted, float32, random data of the stated shapes, eval mode u
   train step 32x32           the recipe's step: train mode, features frozen, 10-class head,
                              cross-entropy, backward, SGD lr 0.001 momentum 0.9
   resnet50 features 224x224  resnet50's trunk: every module but fc, then flatten (2048 per image)
-  recipe E epochs            the recipe end to end on 50,000 + 10,000 synthetic images of
-                             CIFAR-10's shapes per epoch (train, then evaluate, each epoch).
-                             graft runs all of it (`graft bench recipe`).  PyTorch's time is
+  recipe E epochs            the recipe end to end on a synthetic CIFAR-10 (random uint8
+                             pixels, 50,000 + 10,000 images; ToTensor and Normalize per
+                             sample; train, then evaluate, each epoch).  graft runs all of
+                             it (`graft bench recipe`, from CIFAR's binary files).  PyTorch's time is
                              measured on a subset for one epoch and extrapolated: seconds per
                              training image x 50,000 x E + seconds per test image x 10,000 x E.
   sgemm peak                 `graft bench gemm`: 4096^3 SGEMM through graft's own GEMM path
@@ -99,40 +100,62 @@ elif mode == "train-step":
         opt.step()
     out["images_per_s"] = B / timed(step)
 elif mode == "recipe":
-    # The tutorial's loop on tensors of CIFAR-10's shapes: the full dataset is held in
-    # memory (as torchvision's CIFAR10 holds it), a subset of it is run for one epoch.
-    g = torch.Generator().manual_seed(0)
-    train_x = torch.rand(cfg["train"], 3, 32, 32, generator=g) * 4 - 2
-    train_y = torch.randint(0, 10, (cfg["train"],), generator=g)
-    test_x = torch.rand(cfg["test"], 3, 32, 32, generator=g) * 4 - 2
-    test_y = torch.randint(0, 10, (cfg["test"],), generator=g)
+    # The tutorial's loop on a synthetic CIFAR-10: held in memory as torchvision's CIFAR10
+    # holds it (uint8 [N, 32, 32, 3]), each sample made a PIL image and put through
+    # ToTensor and Normalize as CIFAR10.__getitem__ does; a subset is run for one epoch.
+    import numpy as np
+    from PIL import Image
+    import torchvision.transforms as T
+    tf = T.Compose([T.ToTensor(), T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
+    class Cifar(torch.utils.data.Dataset):
+        def __init__(self, data, targets):
+            self.data, self.targets = data, targets
+        def __len__(self):
+            return len(self.data)
+        def __getitem__(self, i):
+            return tf(Image.fromarray(self.data[i])), self.targets[i]
+    rng = np.random.default_rng(0)
+    train_x = rng.integers(0, 256, (cfg["train"], 32, 32, 3), dtype=np.uint8)
+    train_y = rng.integers(0, 10, cfg["train"]).tolist()
+    test_x = rng.integers(0, 256, (cfg["test"], 32, 32, 3), dtype=np.uint8)
+    test_y = rng.integers(0, 10, cfg["test"]).tolist()
     sub_train, sub_test = cfg["sub_train"], cfg["sub_test"]
-    train = torch.utils.data.TensorDataset(train_x[:sub_train], train_y[:sub_train])
-    test = torch.utils.data.TensorDataset(test_x[:sub_test], test_y[:sub_test])
+    train = Cifar(train_x[:sub_train], train_y[:sub_train])
+    test = Cifar(test_x[:sub_test], test_y[:sub_test])
     train_loader = torch.utils.data.DataLoader(train, batch_size=B, shuffle=True)
     test_loader = torch.utils.data.DataLoader(test, batch_size=B, shuffle=False)
     m = recipe_model()
     opt = torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=0.001, momentum=0.9)
     loss_fn = torch.nn.CrossEntropyLoss()
     m.train()
+    def batches(loader):
+        """(seconds spent loading it, x, y) per batch: the loader's time counts too."""
+        it = iter(loader)
+        while True:
+            t = time.perf_counter()
+            try:
+                x, y = next(it)
+            except StopIteration:
+                return
+            yield time.perf_counter() - t, x, y
     seen, t_train = 0, 0.0
-    for i, (x, y) in enumerate(train_loader):
+    for i, (t_load, x, y) in enumerate(batches(train_loader)):
         t = time.perf_counter()
         opt.zero_grad()
         loss = loss_fn(m(x), y)
         loss.backward()
         opt.step()
         if i >= warmup:  # the first batches pay for allocation
-            t_train += time.perf_counter() - t
+            t_train += t_load + time.perf_counter() - t
             seen += x.shape[0]
     m.eval()
     tested, t_test = 0, 0.0
     with torch.no_grad():
-        for i, (x, y) in enumerate(test_loader):
+        for i, (t_load, x, y) in enumerate(batches(test_loader)):
             t = time.perf_counter()
             m(x).argmax(1).eq(y).sum()
             if i >= warmup:
-                t_test += time.perf_counter() - t
+                t_test += t_load + time.perf_counter() - t
                 tested += x.shape[0]
     out["train_s_per_image"] = t_train / seen
     out["test_s_per_image"] = t_test / tested

@@ -23,15 +23,18 @@
  * recipe: train mode, the --freeze prefix frozen (default "features"), cross-entropy,
  * backward, SGD (lr 0.001, momentum 0.9).
  *
- * recipe writes a synthetic dataset of CIFAR-10's shapes (float32 [N, 3, 32, 32]
- * images with a fixed seed, int64 labels in 0..9, the test split likewise) to a
- * temporary safetensors file and runs graft_train on it as the recipe does: vgg16,
- * --freeze features, --num-classes 10, SGD lr 0.001 momentum 0.9, batch 64.  It times
+ * recipe writes a synthetic CIFAR-10 in its binary format (random pixels and labels
+ * 0..9 with a fixed seed; N train and M test images) to a temporary folder and runs
+ * graft_train on it as the recipe does (--data cifar10:DIR): ToTensor and
+ * Normalize(ImageNet's mean and std) per sample, vgg16, --freeze features,
+ * --num-classes 10, SGD lr 0.001 momentum 0.9, batch 64.  It times
  * graft_train as a whole (model creation, data, every epoch with its evaluation and
  * checkpoints), then removes the temporary folder. */
 #define _GNU_SOURCE
+#include <errno.h>
 #include <ftw.h>
 #include <getopt.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -67,8 +70,9 @@ static void help(void) {
          "  train-step    train mode: forward, cross-entropy, backward, SGD step (lr 0.001,\n"
          "                momentum 0.9) with --freeze PREFIX frozen (default 'features';\n"
          "                'none' trains everything)\n"
-         "  recipe        the recipe (vgg16, frozen features, 10 classes, SGD) on synthetic\n"
-         "                tensors of CIFAR-10's shapes written to a temporary file\n"
+         "  recipe        the recipe (vgg16, frozen features, 10 classes, SGD) on a synthetic\n"
+         "                CIFAR-10 (random pixels, binary format) in a temporary folder\n"
+         "                (--train N >= 5, default 50000; --test M >= 1, default 10000)\n"
          "  gemm          graft's SGEMM on N x N matrices (default 4096): 'gflops_per_s N'\n\n"
          "  --size S      input height and width (default 32)     --batch B   (default 64)\n"
          "  --iters I     timed iterations (default 10)           --warmup W  (default 2)\n"
@@ -204,19 +208,46 @@ done:
 
 /* ---- recipe -------------------------------------------------------------------- */
 
-/* Random images of CIFAR-10's shape [n, 3, 32, 32] (uniform in [-2, 2], about what
- * normalised CIFAR pixels span) and labels in 0..9, under two names in map. */
-static graft_status put_split(graft_tensor_map *map, graft_rng *r, int64_t n, const char *images,
-                              const char *labels) {
-    int64_t ishape[4] = {n, 3, CIFAR_SIZE, CIFAR_SIZE}, lshape[1] = {n};
-    graft_tensor *x, *y;
-    graft_status s = graft_tensor_create(GRAFT_F32, 4, ishape, &x);
-    if (s) return s;
-    fill_uniform(r, graft_tensor_f32(x), graft_tensor_numel(x), -2.0f, 2.0f);
-    if ((s = graft_tensor_map_put(map, images, x))) return s;
-    if ((s = graft_tensor_create(GRAFT_I64, 1, lshape, &y))) return s;
-    for (int64_t i = 0; i < n; i++) graft_tensor_i64(y)[i] = (int64_t)(graft_rng_u64(r) % RECIPE_CLASSES);
-    return graft_tensor_map_put(map, labels, y);
+/* A synthetic CIFAR-10 in its binary format under dir: train images spread over
+ * data_batch_1..5.bin, test images in test_batch.bin (records of one label byte and
+ * 3,072 random pixel bytes in CHW planes), and batches.meta.txt. */
+static const char *const cifar_train_files[] = {"data_batch_1.bin", "data_batch_2.bin", "data_batch_3.bin",
+                                                "data_batch_4.bin", "data_batch_5.bin"};
+#define CIFAR_RECORD (1 + 3 * CIFAR_SIZE * CIFAR_SIZE)
+
+/* 0, or the exit status after printing what failed. */
+static int write_records(const char *dir, const char *name, graft_rng *r, int64_t n) {
+    char path[4200];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    FILE *f = fopen(path, "wb");
+    if (!f) return cli_fail("%s: %s", path, strerror(errno));
+    uint8_t rec[CIFAR_RECORD];
+    for (int64_t i = 0; i < n; i++) {
+        rec[0] = (uint8_t)(graft_rng_u64(r) % RECIPE_CLASSES);
+        for (int k = 1; k < CIFAR_RECORD; k++) rec[k] = (uint8_t)(graft_rng_u64(r) >> 56);
+        if (fwrite(rec, 1, sizeof rec, f) != sizeof rec) break;
+    }
+    bool failed = ferror(f) != 0;
+    if (fclose(f) != 0 || failed) return cli_fail("%s: write failed", path);
+    return 0;
+}
+
+static int write_cifar(const char *dir, int64_t ntrain, int64_t ntest) {
+    graft_rng rng;
+    graft_rng_seed(&rng, 0);
+    int rc = 0;
+    for (int64_t i = 0; i < 5 && !rc; i++)
+        rc = write_records(dir, cifar_train_files[i], &rng, ntrain / 5 + (i < ntrain % 5));
+    if (!rc) rc = write_records(dir, "test_batch.bin", &rng, ntest);
+    if (rc) return rc;
+    char path[4200];
+    snprintf(path, sizeof path, "%s/batches.meta.txt", dir);
+    FILE *f = fopen(path, "w");
+    if (!f) return cli_fail("%s: %s", path, strerror(errno));
+    for (int c = 0; c < RECIPE_CLASSES; c++) fprintf(f, "class%d\n", c);
+    bool failed = ferror(f) != 0;
+    if (fclose(f) != 0 || failed) return cli_fail("%s: write failed", path);
+    return 0;
 }
 
 static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
@@ -233,23 +264,11 @@ static int bench_recipe(const options *o) {
     if (snprintf(dir, sizeof dir, "%s/graft-bench-XXXXXX", tmp) >= (int)sizeof dir || !mkdtemp(dir))
         return cli_fail("cannot create a temporary folder in %s", tmp);
     int rc = CLI_EXIT_FAILURE;
-    char data_path[sizeof dir + 32], data_spec[sizeof data_path + 16], out_dir[sizeof dir + 32];
-    snprintf(data_path, sizeof data_path, "%s/data.safetensors", dir);
-    snprintf(data_spec, sizeof data_spec, "tensors:%s", data_path);
+    char data_spec[sizeof dir + 16], out_dir[sizeof dir + 32];
+    snprintf(data_spec, sizeof data_spec, "cifar10:%s", dir);
     snprintf(out_dir, sizeof out_dir, "%s/run", dir);
-
-    graft_tensor_map *map = NULL;
-    graft_rng rng;
-    graft_rng_seed(&rng, 0);
-    graft_status s = graft_tensor_map_create(&map);
-    if (!s) s = put_split(map, &rng, o->ntrain, "images", "labels");
-    if (!s && o->ntest > 0) s = put_split(map, &rng, o->ntest, "test_images", "test_labels");
-    if (!s) s = graft_safetensors_save(data_path, map);
-    graft_tensor_map_free(map);
-    if (s) {
-        rc = cli_fail_status("synthetic data");
-        goto done;
-    }
+    if ((rc = write_cifar(dir, o->ntrain, o->ntest))) goto done;
+    rc = CLI_EXIT_FAILURE;
 
     static const char *const freeze[] = {"features"};
     graft_train_config c = graft_train_defaults();
@@ -268,7 +287,7 @@ static int bench_recipe(const options *o) {
     c.out_dir = out_dir;
     c.feature_cache = o->feature_cache;
     double t0 = now_seconds();
-    s = graft_train(&c, NULL);
+    graft_status s = graft_train(&c, NULL);
     double seconds = now_seconds() - t0;
     if (s) {
         rc = cli_fail_status("recipe");
@@ -363,8 +382,8 @@ int cmd_bench(int argc, char **argv) {
         case O_WARMUP: target = &o.warmup, lo = 0, hi = MAX_ITERS; break;
         case O_THREADS: target = &o.threads, hi = 256; break;
         case O_EPOCHS: target = &o.epochs, hi = 1 << 20; break;
-        case O_TRAIN: target = &o.ntrain, hi = 1 << 24; break;
-        case O_TEST: target = &o.ntest, lo = 0, hi = 1 << 24; break;
+        case O_TRAIN: target = &o.ntrain, lo = 5, hi = 1 << 24; break; /* one per CIFAR file at least */
+        case O_TEST: target = &o.ntest, hi = 1 << 24; break; /* test_batch.bin cannot be empty */
         case O_WORKERS: target = &o.workers, lo = 0, hi = 64; break;
         case 'h': help(); return 0;
         default: return cli_bad_option("bench", argv, optind);

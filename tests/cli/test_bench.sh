@@ -46,7 +46,7 @@ expect_result train_step images_per_s train-step --model "$SMALL" --num-classes 
 expect_result train_all images_per_s train-step --model "$SMALL" --num-classes 3 --batch 4 --iters 1 --freeze none
 expect_result gemm gflops_per_s gemm --size 64 --iters 2
 expect_result recipe seconds recipe --model "$SMALL" --epochs 1 --train 70 --test 10 --batch 16 --threads 2
-expect_result recipe_nocache seconds recipe --model "$SMALL" --epochs 2 --train 40 --test 0 --no-feature-cache
+expect_result recipe_nocache seconds recipe --model "$SMALL" --epochs 2 --train 40 --test 8 --no-feature-cache
 
 # 2. recipe cleans up its temporary data set and run folder.
 left=$(find "${TMPDIR:-/tmp}" -maxdepth 1 -name 'graft-bench-*' -newer "$WORK" 2>/dev/null | head -n 1)
@@ -67,6 +67,7 @@ expect_usage no_mode 'which benchmark'
 expect_usage bad_mode "unknown benchmark 'warp'" warp --model vgg16
 expect_usage no_model '--model is required' features
 expect_usage bad_batch "--batch: '0'" features --model vgg16 --batch 0
+expect_usage no_test "--test: '0'" recipe --test 0
 expect_usage bad_option "'--frobnicate'" features --model vgg16 --frobnicate
 
 # 4. --help succeeds on stdout.
