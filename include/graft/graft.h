@@ -258,6 +258,8 @@ typedef struct graft_pretrained {
     const char *sha256_prefix; /* "397923af": the start of the file's SHA-256 */
     int64_t input_size;        /* the resolution the weights were trained at */
     int is_default;            /* torchvision's DEFAULT for the architecture */
+    int64_t resize_size;       /* its evaluation transform's Resize before the crop: 256, or
+                                  232 for the V2 ResNets */
 } graft_pretrained;
 
 /* Zoo architecture names, NULL-terminated. */

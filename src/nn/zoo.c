@@ -21,24 +21,25 @@ static const char *const ZOO_NAMES[] = {"vgg11",    "vgg13",    "vgg16",     "vg
                                         "resnet50", "resnet101", "resnet152", NULL};
 
 static const graft_pretrained PRETRAINED[] = {
-    {"vgg11", "IMAGENET1K_V1", "vgg11-8a719046.pth", "8a719046", IMAGENET_SIZE, 1},
-    {"vgg13", "IMAGENET1K_V1", "vgg13-19584684.pth", "19584684", IMAGENET_SIZE, 1},
-    {"vgg16", "IMAGENET1K_V1", "vgg16-397923af.pth", "397923af", IMAGENET_SIZE, 1},
-    {"vgg19", "IMAGENET1K_V1", "vgg19-dcbb9e9d.pth", "dcbb9e9d", IMAGENET_SIZE, 1},
-    {"vgg11_bn", "IMAGENET1K_V1", "vgg11_bn-6002323d.pth", "6002323d", IMAGENET_SIZE, 1},
-    {"vgg13_bn", "IMAGENET1K_V1", "vgg13_bn-abd245e5.pth", "abd245e5", IMAGENET_SIZE, 1},
-    {"vgg16_bn", "IMAGENET1K_V1", "vgg16_bn-6c64b313.pth", "6c64b313", IMAGENET_SIZE, 1},
-    {"vgg19_bn", "IMAGENET1K_V1", "vgg19_bn-c79401a0.pth", "c79401a0", IMAGENET_SIZE, 1},
+    {"vgg11", "IMAGENET1K_V1", "vgg11-8a719046.pth", "8a719046", IMAGENET_SIZE, 1, 256},
+    {"vgg13", "IMAGENET1K_V1", "vgg13-19584684.pth", "19584684", IMAGENET_SIZE, 1, 256},
+    {"vgg16", "IMAGENET1K_V1", "vgg16-397923af.pth", "397923af", IMAGENET_SIZE, 1, 256},
+    {"vgg19", "IMAGENET1K_V1", "vgg19-dcbb9e9d.pth", "dcbb9e9d", IMAGENET_SIZE, 1, 256},
+    {"vgg11_bn", "IMAGENET1K_V1", "vgg11_bn-6002323d.pth", "6002323d", IMAGENET_SIZE, 1, 256},
+    {"vgg13_bn", "IMAGENET1K_V1", "vgg13_bn-abd245e5.pth", "abd245e5", IMAGENET_SIZE, 1, 256},
+    {"vgg16_bn", "IMAGENET1K_V1", "vgg16_bn-6c64b313.pth", "6c64b313", IMAGENET_SIZE, 1, 256},
+    {"vgg19_bn", "IMAGENET1K_V1", "vgg19_bn-c79401a0.pth", "c79401a0", IMAGENET_SIZE, 1, 256},
     /* ResNet*_Weights: torchvision 0.14's DEFAULT is IMAGENET1K_V2 where a V2 exists (its
-     * evaluation transform resizes to 232 before the 224 crop; V1's to 256). */
-    {"resnet18", "IMAGENET1K_V1", "resnet18-f37072fd.pth", "f37072fd", IMAGENET_SIZE, 1},
-    {"resnet34", "IMAGENET1K_V1", "resnet34-b627a593.pth", "b627a593", IMAGENET_SIZE, 1},
-    {"resnet50", "IMAGENET1K_V1", "resnet50-0676ba61.pth", "0676ba61", IMAGENET_SIZE, 0},
-    {"resnet50", "IMAGENET1K_V2", "resnet50-11ad3fa6.pth", "11ad3fa6", IMAGENET_SIZE, 1},
-    {"resnet101", "IMAGENET1K_V1", "resnet101-63fe2227.pth", "63fe2227", IMAGENET_SIZE, 0},
-    {"resnet101", "IMAGENET1K_V2", "resnet101-cd907fc2.pth", "cd907fc2", IMAGENET_SIZE, 1},
-    {"resnet152", "IMAGENET1K_V1", "resnet152-394f9c45.pth", "394f9c45", IMAGENET_SIZE, 0},
-    {"resnet152", "IMAGENET1K_V2", "resnet152-f82ba261.pth", "f82ba261", IMAGENET_SIZE, 1},
+     * evaluation transform resizes to 232 before the 224 crop; V1's to 256); pretrained=True
+     * still means V1 there, graft's --pretrained follows DEFAULT. */
+    {"resnet18", "IMAGENET1K_V1", "resnet18-f37072fd.pth", "f37072fd", IMAGENET_SIZE, 1, 256},
+    {"resnet34", "IMAGENET1K_V1", "resnet34-b627a593.pth", "b627a593", IMAGENET_SIZE, 1, 256},
+    {"resnet50", "IMAGENET1K_V1", "resnet50-0676ba61.pth", "0676ba61", IMAGENET_SIZE, 0, 256},
+    {"resnet50", "IMAGENET1K_V2", "resnet50-11ad3fa6.pth", "11ad3fa6", IMAGENET_SIZE, 1, 232},
+    {"resnet101", "IMAGENET1K_V1", "resnet101-63fe2227.pth", "63fe2227", IMAGENET_SIZE, 0, 256},
+    {"resnet101", "IMAGENET1K_V2", "resnet101-cd907fc2.pth", "cd907fc2", IMAGENET_SIZE, 1, 232},
+    {"resnet152", "IMAGENET1K_V1", "resnet152-394f9c45.pth", "394f9c45", IMAGENET_SIZE, 0, 256},
+    {"resnet152", "IMAGENET1K_V2", "resnet152-f82ba261.pth", "f82ba261", IMAGENET_SIZE, 1, 232},
 };
 
 #define NPRETRAINED (sizeof PRETRAINED / sizeof PRETRAINED[0])

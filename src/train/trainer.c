@@ -164,7 +164,11 @@ static graft_status default_eval_spec(trainer *t, char *buf, size_t size) {
     int64_t model_c = graft_model_in_channels(t->model);
     graft_strbuf sb;
     graft_strbuf_init(&sb);
-    if (graft_source_path(src, 0)) graft_strbuf_append(&sb, "resize=256,centercrop=224,"); /* ImageNet's */
+    if (graft_source_path(src, 0)) { /* image files: ImageNet's resize and crop, or the weights' own */
+        const graft_pretrained *p = t->c.pretrained ? graft_pretrained_find(t->c.arch, t->c.weights_version) : NULL;
+        graft_strbuf_printf(&sb, "resize=%lld,centercrop=%lld,", (long long)(p ? p->resize_size : 256),
+                            (long long)(p ? p->input_size : 224));
+    }
     int out_c = c;
     if (c == 1 && model_c == 3) graft_strbuf_append(&sb, "grayscale=3,"), out_c = 3;
     if (c == 3 && model_c == 1) graft_strbuf_append(&sb, "grayscale=1,"), out_c = 1;

@@ -230,6 +230,8 @@ static void the_registry_has_torchvision_weights_and_defaults(void **state) {
         if (!p) fail_msg("%s %s: %s", want[i].arch, want[i].version ? want[i].version : "default", graft_errmsg());
         assert_string_equal(p->file, want[i].file);
         assert_int_equal(p->input_size, 224);
+        /* torchvision 0.14: ResNet*_Weights.IMAGENET1K_V2 resize to 232, V1 to 256 */
+        assert_int_equal(p->resize_size, strstr(p->version, "V2") ? 232 : 256);
     }
     assert_null(graft_pretrained_find("resnet18", "v2"));
     int zoo = 0;
