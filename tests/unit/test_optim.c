@@ -633,15 +633,21 @@ static void test_apply_schedule_scales_each_group_from_its_base_rate(void **stat
 
 /* ---- models ------------------------------------------------------------------------------- */
 
-/* "trunk" is everything but the head, also when the head is nested (VGG's classifier.6);
- * unfreezing the trunk leaves the head as it was. */
-static void test_freezing_trunk_leaves_the_head_alone(void **state) {
-    (void)state;
+/* A 3-class VGG with one 4-channel convolution and 8-wide hidden layers, prefix frozen. */
+static graft_model *small_vgg_frozen(const char *prefix) {
     graft_model *m;
     graft_model_options mo = graft_model_defaults();
     mo.num_classes = 3;
     assert_int_equal(graft_model_create("vgg:cfg=4-M,hidden=8,pool=1", &mo, &m), GRAFT_OK);
-    assert_int_equal(graft_model_freeze(m, "trunk", 1), GRAFT_OK);
+    assert_int_equal(graft_model_freeze(m, prefix, 1), GRAFT_OK);
+    return m;
+}
+
+/* "trunk" is everything but the head, also when the head is nested (VGG's classifier.6);
+ * unfreezing the trunk leaves the head as it was. */
+static void test_freezing_trunk_leaves_the_head_alone(void **state) {
+    (void)state;
+    graft_model *m = small_vgg_frozen("trunk");
     int64_t total, trainable;
     graft_model_param_counts(m, &total, &trainable);
     assert_int_equal(trainable, 8 * 3 + 3); /* classifier.6: 3x8 weight and 3 biases */
@@ -661,11 +667,7 @@ static void test_freezing_trunk_leaves_the_head_alone(void **state) {
 
 static void test_model_optimizer_holds_trainable_parameters_in_head_and_trunk_groups(void **state) {
     (void)state;
-    graft_model *m;
-    graft_model_options mo = graft_model_defaults();
-    mo.num_classes = 3;
-    assert_int_equal(graft_model_create("vgg:cfg=4-M,hidden=8,pool=1", &mo, &m), GRAFT_OK);
-    assert_int_equal(graft_model_freeze(m, "features", 1), GRAFT_OK);
+    graft_model *m = small_vgg_frozen("features");
     graft_optim_options o = opts(GRAFT_OPTIM_SGD, 0.01, 0.1);
     graft_optim *opt;
     assert_int_equal(graft_optim_create_for_model(m, &o, graft_model_head_path(m), &opt), GRAFT_OK);
