@@ -201,28 +201,12 @@ char *graft_model_repr(const graft_model *m) {
     return graft_strbuf_take(&sb);
 }
 
-/* Sets every parameter under mod except those under skip. */
-static void set_frozen_except(graft_module *mod, const graft_module *skip, bool frozen) {
-    if (mod == skip) return;
-    const graft_module *a = skip;
-    while (a && a != mod) a = a->parent;
-    if (!a) { /* skip is not below mod */
-        graft_module_set_frozen(mod, frozen);
-        return;
-    }
-    for (int i = 0; i < mod->nparams; i++) {
-        mod->params[i].frozen = frozen;
-        if (frozen) graft_tensor_release(&mod->params[i].grad);
-    }
-    for (int i = 0; i < mod->nchildren; i++) set_frozen_except(mod->children[i], skip, frozen);
-}
-
 graft_status graft_model_freeze(graft_model *m, const char *prefix, int frozen) {
     if (prefix && !strcmp(prefix, "trunk") && !graft_module_find(m->root, "trunk")) {
         const char *head = graft_model_head_path(m);
         const graft_module *h = head ? graft_module_find(m->root, head) : NULL;
         if (!h) return graft_error(GRAFT_ERR_NOTFOUND, "'trunk': the model has no head to leave out");
-        set_frozen_except(m->root, h, frozen != 0);
+        graft_module_set_frozen_except(m->root, h, frozen != 0);
         return GRAFT_OK;
     }
     graft_module *target = graft_module_find(m->root, prefix ? prefix : "");

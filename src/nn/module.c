@@ -216,12 +216,28 @@ void graft_module_set_training(graft_module *m, bool training) {
     for (int i = 0; i < m->nchildren; i++) graft_module_set_training(m->children[i], training);
 }
 
-void graft_module_set_frozen(graft_module *m, bool frozen) {
+static void set_own_frozen(graft_module *m, bool frozen) {
     for (int i = 0; i < m->nparams; i++) {
         m->params[i].frozen = frozen;
         if (frozen) graft_tensor_release(&m->params[i].grad); /* frozen layers hold no gradient */
     }
+}
+
+void graft_module_set_frozen(graft_module *m, bool frozen) {
+    set_own_frozen(m, frozen);
     for (int i = 0; i < m->nchildren; i++) graft_module_set_frozen(m->children[i], frozen);
+}
+
+void graft_module_set_frozen_except(graft_module *m, const graft_module *skip, bool frozen) {
+    if (m == skip) return;
+    const graft_module *a = skip;
+    while (a && a != m) a = a->parent;
+    if (!a) { /* skip is not below m */
+        graft_module_set_frozen(m, frozen);
+        return;
+    }
+    set_own_frozen(m, frozen);
+    for (int i = 0; i < m->nchildren; i++) graft_module_set_frozen_except(m->children[i], skip, frozen);
 }
 
 bool graft_module_own_params_frozen(const graft_module *m) {

@@ -104,6 +104,8 @@ int graft_module_visit_state(graft_module *m, graft_state_visit_fn fn, void *use
 
 void graft_module_set_training(graft_module *m, bool training);
 void graft_module_set_frozen(graft_module *m, bool frozen);
+/* The same for every parameter under m except those under skip (which keep their state). */
+void graft_module_set_frozen_except(graft_module *m, const graft_module *skip, bool frozen);
 /* true if any parameter in the subtree is trainable. */
 bool graft_module_has_trainable(const graft_module *m);
 /* true if the module's own parameters are all frozen (or it has none). */
