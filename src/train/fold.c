@@ -176,9 +176,14 @@ nomem:
 }
 
 /* W[o, ci*ohow + q] = a W + (W_f - a W_f0)[o, ci*hw + p(q)] / n for rows [begin, end). */
+typedef struct reorigin_arg {
+    graft_fold *f;
+    double a;
+} reorigin_arg;
+
 static void reorigin_rows(void *arg, int64_t begin, int64_t end) {
-    graft_fold *f = arg;
-    double a = f->reorigin_a;
+    graft_fold *f = ((reorigin_arg *)arg)->f;
+    double a = ((reorigin_arg *)arg)->a;
     float *w = f->linear->params[0].value.data;
     const float *wf = f->folded->params[0].value.data, *wf0 = f->wf0.data;
     int64_t in = f->c * f->oh * f->ow, fin = f->c * f->h * f->w;
@@ -202,8 +207,8 @@ graft_status graft_fold_reorigin(graft_fold *f, graft_optim *opt) {
     if (!f->active) return GRAFT_OK;
     double a = ((float *)f->probe.data)[0];
     if (a == 0) return graft_error(GRAFT_ERR_INVALID, "folding: weight decay zeroed the weights (lr * wd = 1)");
-    f->reorigin_a = a;
-    graft_parallel_for(f->linear->params[0].value.shape[0], 16, reorigin_rows, f);
+    reorigin_arg ra = {f, a};
+    graft_parallel_for(f->linear->params[0].value.shape[0], 16, reorigin_rows, &ra);
     fold_weights(f);
     float *buf = graft_optim_state_buffer(opt, GRAFT_FOLD_PROBE_NAME);
     if (buf) buf[0] = (float)(buf[0] / a); /* the momentum's coefficient of the new origin */

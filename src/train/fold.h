@@ -62,7 +62,6 @@ typedef struct graft_fold {
     int nsteps;
     int64_t c, h, w, oh, ow, n;
     graft_tensor wf0;          /* W_f at the origin */
-    double reorigin_a;         /* graft_fold_reorigin's scale, for its worker ranges */
     graft_tensor probe, probe_grad; /* [1] */
 } graft_fold;
 
