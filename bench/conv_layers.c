@@ -16,8 +16,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
+#include "core/clock.h"
 #include "core/ctx.h"
 #include "core/threads.h"
 #include "ops/conv_internal.h"
@@ -25,12 +25,6 @@
 #include "ops/ops.h"
 
 #define MAX_ITERS 64
-
-static double now_seconds(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
-}
 
 static int cmp_double(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
@@ -98,19 +92,19 @@ int main(int argc, char **argv) {
         for (int it = 0; it <= iters; it++) { /* iteration 0 warms up */
             for (int kernel = 0; kernel < 2; kernel++) {
                 graft_conv2d_set_kernel(kernel == 0 ? GRAFT_CONV2D_AVX512 : GRAFT_CONV2D_GEMM);
-                double t0 = now_seconds();
+                double t0 = graft_now_seconds();
                 if (backward)
                     graft_conv2d_backward(&ctx, &g, x, w, dy, out[kernel], NULL, NULL);
                 else
                     graft_conv2d_forward(&ctx, &g, x, w, b, out[kernel]);
-                t[kernel][it] = now_seconds() - t0;
+                t[kernel][it] = graft_now_seconds() - t0;
             }
-            double t0 = now_seconds();
+            double t0 = graft_now_seconds();
             if (backward) /* dcol [K, cols] = W^T . dY */
                 graft_sgemm(true, false, k, cols, g.oc, 1.0f, w, k, prod, cols, 0.0f, col, cols);
             else /* Y [oc, cols] = W . col */
                 graft_sgemm(false, false, g.oc, cols, k, 1.0f, w, k, col, cols, 0.0f, prod, cols);
-            t[2][it] = now_seconds() - t0;
+            t[2][it] = graft_now_seconds() - t0;
         }
         graft_conv2d_set_kernel(GRAFT_CONV2D_AUTO);
         double diff = 0, mag = 1e-30;

@@ -11,8 +11,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
+#include "core/clock.h"
 #include "core/rng.h"
 #include "data/loader.h"
 #include "data/spec.h"
@@ -21,12 +21,6 @@
 #define CIFAR_SIDE 32
 #define CIFAR_CLASSES 10
 #define DEFAULT_TRANSFORM "normalize=0.4914:0.4822:0.4465/0.247:0.2435:0.2616"
-
-static double now_seconds(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
 
 static graft_source *synthetic_cifar(void) {
     graft_dataset *d = calloc(1, sizeof *d);
@@ -102,7 +96,7 @@ int main(int argc, char **argv) {
            (long long)o.batch_size, o.workers, transform);
     double best = 0, checksum = 0;
     for (int e = 0; e < epochs; e++) {
-        double t0 = now_seconds();
+        double t0 = graft_now_seconds();
         int64_t images = 0;
         graft_loader_start_epoch(l, e);
         const graft_tensor *x, *y;
@@ -111,7 +105,7 @@ int main(int argc, char **argv) {
             images += graft_tensor_dim(x, 0);
             checksum += graft_tensor_f32_const(x)[0]; /* touch the batch */
         }
-        double rate = (double)images / (now_seconds() - t0);
+        double rate = (double)images / (graft_now_seconds() - t0);
         printf("epoch %d: %lld images, %.0f images/s\n", e, (long long)images, rate);
         if (rate > best) best = rate;
     }

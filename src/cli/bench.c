@@ -39,10 +39,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "cli/cli.h"
+#include "core/clock.h"
 #include "core/rng.h"
 #include "nn/model.h"
 #include "ops/gemm.h"
@@ -77,12 +77,6 @@ static void help(void) {
          "  --size S      input height and width (default 32)     --batch B   (default 64)\n"
          "  --iters I     timed iterations (default 10)           --warmup W  (default 2)\n"
          "  --threads T   graft's threads (default GRAFT_NUM_THREADS or the cores)");
-}
-
-static double now_seconds(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
 }
 
 static int cmp_double(const void *a, const void *b) {
@@ -180,12 +174,12 @@ static int bench_model(mode md, const options *o) {
         goto done;
     }
     for (int64_t i = 0; i < o->warmup + o->iters; i++) {
-        double t0 = now_seconds();
+        double t0 = graft_now_seconds();
         if (run_once(md, m, opt, x, labels, dlogits)) {
             rc = cli_fail_status(mode_name(md));
             goto done;
         }
-        if (i >= o->warmup) times[i - o->warmup] = now_seconds() - t0;
+        if (i >= o->warmup) times[i - o->warmup] = graft_now_seconds() - t0;
     }
     qsort(times, (size_t)o->iters, sizeof *times, cmp_double);
     double median = o->iters % 2 ? times[o->iters / 2] : 0.5 * (times[o->iters / 2 - 1] + times[o->iters / 2]);
@@ -286,9 +280,9 @@ static int bench_recipe(const options *o) {
     c.threads = (int)o->threads;
     c.out_dir = out_dir;
     c.feature_cache = o->feature_cache;
-    double t0 = now_seconds();
+    double t0 = graft_now_seconds();
     graft_status s = graft_train(&c, NULL);
-    double seconds = now_seconds() - t0;
+    double seconds = graft_now_seconds() - t0;
     if (s) {
         rc = cli_fail_status("recipe");
         goto done;
@@ -323,9 +317,9 @@ static int bench_gemm(const options *o) {
     fill_uniform(&rng, a, (int64_t)count, -1.0f, 1.0f);
     fill_uniform(&rng, b, (int64_t)count, -1.0f, 1.0f);
     for (int64_t i = 0; i < o->warmup + o->iters; i++) {
-        double t0 = now_seconds();
+        double t0 = graft_now_seconds();
         graft_sgemm(false, false, n, n, n, 1.0f, a, n, b, n, 0.0f, c, n);
-        if (i >= o->warmup) times[i - o->warmup] = now_seconds() - t0;
+        if (i >= o->warmup) times[i - o->warmup] = graft_now_seconds() - t0;
     }
     qsort(times, (size_t)o->iters, sizeof *times, cmp_double);
     double flops = 2.0 * (double)n * (double)n * (double)n;

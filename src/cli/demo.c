@@ -12,10 +12,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "cli/cli.h"
+#include "core/clock.h"
 #include "demo/demo.h"
 
 #define DEFAULT_SOURCE "models/fashion-source.safetensors"
@@ -26,12 +26,6 @@ typedef struct ui {
     double last_draw;
     char stage[128];
 } ui;
-
-static double now_seconds(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
-}
 
 static void end_line(ui *u) {
     if (u->line_open) fputs("\r\033[K", stderr);
@@ -56,7 +50,7 @@ static void on_stage(void *user, int64_t k, int method, const char *what) {
 static void on_progress(void *user, const graft_train_progress *p) {
     ui *u = user;
     if (u->quiet || !u->tty) return;
-    double t = now_seconds();
+    double t = graft_now_seconds();
     if (t - u->last_draw < 0.2 && p->step != p->steps) return;
     u->last_draw = t;
     if (!strcmp(p->phase, "eval"))
@@ -251,9 +245,9 @@ int cmd_demo(int argc, char **argv) {
     graft_set_log_callback(on_log, &u);
     graft_demo_callbacks cb = {on_stage, on_progress, &u};
     graft_demo_result r;
-    double start = now_seconds();
+    double start = graft_now_seconds();
     graft_status s = graft_demo_run(&o, &cb, &r);
-    double seconds = now_seconds() - start;
+    double seconds = graft_now_seconds() - start;
     end_line(&u);
     if (s) {
         graft_demo_result_release(&r);

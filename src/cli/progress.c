@@ -1,19 +1,13 @@
 /* progress.c — a download progress bar on a terminal: bytes, rate, ETA. */
 #include <stdio.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "cli/cli.h"
-
-static double now_seconds(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + t.tv_nsec * 1e-9;
-}
+#include "core/clock.h"
 
 void cli_progress_init(cli_progress *p, const char *label) {
     p->label = label;
-    p->start = now_seconds();
+    p->start = graft_now_seconds();
     p->last_draw = 0;
     p->drawn = 0;
     p->tty = isatty(STDERR_FILENO);
@@ -22,7 +16,7 @@ void cli_progress_init(cli_progress *p, const char *label) {
 void cli_progress_update(void *user, uint64_t done, uint64_t total) {
     cli_progress *p = user;
     if (!p->tty) return;
-    double t = now_seconds();
+    double t = graft_now_seconds();
     if (t - p->last_draw < 0.1 && (total == 0 || done < total)) return;
     p->last_draw = t;
     double elapsed = t - p->start, rate = elapsed > 0 ? done / elapsed : 0;

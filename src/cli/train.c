@@ -15,10 +15,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "cli/cli.h"
+#include "core/clock.h"
 
 #define MAX_FREEZE 64
 #define PLAIN_PROGRESS_SECONDS 5.0
@@ -32,12 +32,6 @@ typedef struct ui {
     double last_line;
     int line_open; /* a refreshing line is on the terminal */
 } ui;
-
-static double now_seconds(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
-}
 
 static void end_line(ui *u) {
     if (u->line_open) fputc('\n', stderr);
@@ -53,7 +47,7 @@ static void on_text(void *user, const char *text) {
 static void on_progress(void *user, const graft_train_progress *p) {
     ui *u = user;
     if (u->quiet) return;
-    double t = now_seconds();
+    double t = graft_now_seconds();
     int last = p->step == p->steps;
     if (u->tty) {
         if (t - u->last_line < 0.2 && !last) return;

@@ -14,8 +14,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
+#include "core/clock.h"
 #include "core/error.h"
 #include "core/strbuf.h"
 #include "core/tensor.h"
@@ -64,12 +64,6 @@ int graft_demo_best_method(const graft_demo_k_result *run) {
     for (int m = 1; m < GRAFT_DEMO_METHODS; m++)
         if (run->method[m].accuracy > run->method[best].accuracy) best = m;
     return best;
-}
-
-static double now_seconds(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
 }
 
 static char *dup_str(const char *s) {
@@ -348,9 +342,9 @@ static graft_status train_method(demo *d, int method, const char *train_spec, co
     if (d->cosine[method]) snprintf(schedule, sizeof schedule, "cosine:t_max=%lld", (long long)c.epochs);
     c.schedule = schedule;
     graft_train_callbacks tcb = {.progress = on_train_progress, .user = d};
-    double start = now_seconds();
+    double start = graft_now_seconds();
     graft_status s = graft_train(&c, &tcb);
-    d->m->train_seconds = now_seconds() - start;
+    d->m->train_seconds = graft_now_seconds() - start;
     if (!s && d->out_of_memory) s = graft_error(GRAFT_ERR_NOMEM, "out of memory");
     return s;
 }
@@ -426,7 +420,7 @@ static graft_status evaluate(demo *d, const char *checkpoint, int64_t num_classe
     if (!s) s = graft_loader_start_epoch(loader, 0);
     graft_model_set_training(model, 0);
     int64_t steps = s ? 0 : graft_loader_num_batches(loader), step = 0, seen = 0, correct = 0;
-    double started = now_seconds();
+    double started = graft_now_seconds();
     while (!s) {
         const graft_tensor *x, *y, *logits;
         int done;
@@ -444,7 +438,7 @@ static graft_status evaluate(demo *d, const char *checkpoint, int64_t num_classe
             seen++;
         }
         if (d->cb && d->cb->progress) {
-            double t = now_seconds() - started;
+            double t = graft_now_seconds() - started;
             graft_train_progress p = {.epoch = 1, .epochs = 1, .step = ++step, .steps = steps,
                                       .accuracy = (double)correct / (double)seen,
                                       .images_per_second = t > 0 ? (double)seen / t : 0,

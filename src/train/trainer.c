@@ -26,8 +26,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <time.h>
 
+#include "core/clock.h"
 #include "core/error.h"
 #include "core/strbuf.h"
 #include "core/tensor.h"
@@ -84,12 +84,6 @@ typedef struct trainer {
     int64_t *order;                    /* an epoch's sample order */
     char cache_note[160];              /* why the cache is off, or what it holds */
 } trainer;
-
-static double now_seconds(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
-}
 
 static void say(trainer *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void say(trainer *t, const char *fmt, ...) {
@@ -534,7 +528,7 @@ static graft_status write_jsonl(trainer *t) {
 static void report_progress(trainer *t, const char *phase, int64_t step, int64_t steps, const graft_metrics *m,
                             int64_t seen_before, int64_t first_step, double started) {
     if (!t->cb || !t->cb->progress) return;
-    double elapsed = now_seconds() - started;
+    double elapsed = graft_now_seconds() - started;
     graft_train_progress p = {
         .epoch = t->epoch + 1,
         .epochs = t->c.epochs,
@@ -557,7 +551,7 @@ static graft_status evaluate(trainer *t) {
     graft_status s = cached ? GRAFT_OK : graft_loader_start_epoch(t->test_loader, 0);
     int64_t steps = graft_loader_num_batches(t->test_loader), step = 0, row = 0;
     int from = cached ? t->cache.trunk_end : 0;
-    double started = now_seconds();
+    double started = graft_now_seconds();
     while (!s) {
         const graft_tensor *x, *y;
         graft_tensor *logits;
@@ -659,7 +653,7 @@ static graft_status train_epoch(trainer *t) {
         for (int64_t skip = 0; !s && skip < t->step; skip++) /* resuming mid-epoch */
             s = graft_loader_next(t->train_loader, &x, &y, &done);
     }
-    double started = now_seconds();
+    double started = graft_now_seconds();
     int64_t seen_before = t->train_m.seen, first_step = t->step;
     while (!s) {
         if (t->cached) {
@@ -683,10 +677,10 @@ static graft_status train_epoch(trainer *t) {
 static graft_status run_epochs(trainer *t) {
     graft_status s = GRAFT_OK;
     while (!s && t->epoch < t->c.epochs) {
-        double started = now_seconds();
+        double started = graft_now_seconds();
         int64_t seen_before = t->train_m.seen;
         if ((s = train_epoch(t))) return s;
-        double train_seconds = now_seconds() - started;
+        double train_seconds = graft_now_seconds() - started;
         graft_epoch_report r = {
             .epoch = t->epoch + 1,
             .lr = graft_optim_lr(t->optim, 0),
@@ -701,7 +695,7 @@ static graft_status run_epochs(trainer *t) {
             r.test_top1 = graft_metrics_top1(&t->test_m);
             r.test_top5 = graft_metrics_top5(&t->test_m);
         }
-        r.seconds = now_seconds() - started;
+        r.seconds = graft_now_seconds() - started;
         t->epoch++;
         t->step = 0;
         graft_metrics_reset(&t->train_m);
