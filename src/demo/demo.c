@@ -518,12 +518,7 @@ static graft_status write_tsv(const graft_demo_result *r, const graft_demo_optio
                                 (unsigned long long)o->seed, METHOD_NAMES[m], r->runs[i].method[m].accuracy,
                                 r->runs[i].method[m].train_seconds);
     graft_status s = sb.failed ? graft_error(GRAFT_ERR_NOMEM, "out of memory") : GRAFT_OK;
-    graft_atomic_file af;
-    if (!s) s = graft_atomic_open(&af, path);
-    if (!s) {
-        if ((s = graft_atomic_write(&af, sb.data, sb.len))) graft_atomic_abort(&af);
-        else s = graft_atomic_commit(&af);
-    }
+    if (!s) s = graft_atomic_write_file(path, sb.data, sb.len);
     graft_strbuf_free(&sb);
     return s;
 }

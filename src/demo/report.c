@@ -345,12 +345,7 @@ graft_status graft_demo_write_report(const graft_demo_result *r, const graft_dem
     graft_strbuf_printf(&sb, "<p class=\"note\">Made by graft %s (<code>graft demo</code>).</p>\n</body>\n</html>\n",
                         GRAFT_VERSION);
     if (!s && sb.failed) s = graft_error(GRAFT_ERR_NOMEM, "out of memory");
-    graft_atomic_file af;
-    if (!s) s = graft_atomic_open(&af, path);
-    if (!s) {
-        if ((s = graft_atomic_write(&af, sb.data, sb.len))) graft_atomic_abort(&af);
-        else s = graft_atomic_commit(&af);
-    }
+    if (!s) s = graft_atomic_write_file(path, sb.data, sb.len);
     graft_strbuf_free(&sb);
     return s;
 }

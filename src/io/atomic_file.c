@@ -153,3 +153,14 @@ void graft_atomic_abort(graft_atomic_file *af) {
     free(af->tmp_path);
     af->path = af->tmp_path = NULL;
 }
+
+graft_status graft_atomic_write_file(const char *path, const void *data, size_t bytes) {
+    graft_atomic_file af;
+    graft_status s = graft_atomic_open(&af, path);
+    if (s) return s;
+    if ((s = graft_atomic_write(&af, data, bytes))) {
+        graft_atomic_abort(&af);
+        return s;
+    }
+    return graft_atomic_commit(&af);
+}

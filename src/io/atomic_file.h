@@ -41,5 +41,7 @@ graft_status graft_atomic_commit(graft_atomic_file *af);
 /* Closes and removes the temporary file and releases af; safe to call twice, after a
  * commit or after a failed open. */
 void graft_atomic_abort(graft_atomic_file *af);
+/* The whole file at once: open, write bytes, commit (or abort on failure). */
+graft_status graft_atomic_write_file(const char *path, const void *data, size_t bytes);
 
 #endif

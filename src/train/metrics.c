@@ -116,15 +116,7 @@ static graft_status write_text(const char *dir, const char *name, const graft_st
     char path[4096];
     snprintf(path, sizeof path, "%s/%s", dir, name);
     if (sb->failed) return graft_error(GRAFT_ERR_NOMEM, "out of memory writing %s", path);
-    graft_atomic_file af;
-    graft_status s = graft_atomic_open(&af, path);
-    if (s) return s;
-    s = graft_atomic_write(&af, sb->data ? sb->data : "", sb->len);
-    if (s) {
-        graft_atomic_abort(&af);
-        return s;
-    }
-    return graft_atomic_commit(&af);
+    return graft_atomic_write_file(path, sb->data ? sb->data : "", sb->len);
 }
 
 graft_status graft_metrics_write_csv(const graft_metrics *m, char *const *classes, const char *dir) {

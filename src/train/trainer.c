@@ -512,14 +512,7 @@ static graft_status save_last(trainer *t) {
 static graft_status write_jsonl(trainer *t) {
     char path[4096];
     path_in(t, "metrics.jsonl", path, sizeof path);
-    graft_atomic_file af;
-    graft_status s = graft_atomic_open(&af, path);
-    if (s) return s;
-    if ((s = graft_atomic_write(&af, t->jsonl.data ? t->jsonl.data : "", t->jsonl.len))) {
-        graft_atomic_abort(&af);
-        return s;
-    }
-    return graft_atomic_commit(&af);
+    return graft_atomic_write_file(path, t->jsonl.data ? t->jsonl.data : "", t->jsonl.len);
 }
 
 /* ---- the loop ------------------------------------------------------------------------ */
