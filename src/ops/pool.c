@@ -86,10 +86,51 @@ typedef struct maxpool_args {
     const int32_t *argmax_in; /* backward */
 } maxpool_args;
 
+/* Takes v at index at when PyTorch's scan would: greater, or NaN. */
+#define MAXPOOL_TAKE(v, at)                \
+    do {                                   \
+        float v_ = (v);                    \
+        if (v_ > best || isnan(v_)) {      \
+            best = v_;                     \
+            best_at = (at);                \
+        }                                  \
+    } while (0)
+
+/* VGG's MaxPool2d(2, 2): every window whole, four elements in the scan's order.
+ * Starting from the first element is what starting from -inf gives (-inf itself is
+ * not taken, but the index already points at it). */
+static void maxpool_2x2_planes(const maxpool_args *a, int64_t begin, int64_t end) {
+    const graft_pool2d_geom *g = a->g;
+    int64_t w = g->w, oh = g->oh, ow = g->ow;
+    for (int64_t p = begin; p < end; p++) {
+        const float *xp = a->x + p * g->h * w;
+        float *yp = a->y + p * oh * ow;
+        int32_t *ap = a->argmax_out + p * oh * ow;
+        for (int64_t i = 0; i < oh; i++) {
+            const float *r0 = xp + 2 * i * w, *r1 = r0 + w;
+            int32_t base = (int32_t)(2 * i * w);
+            for (int64_t j = 0; j < ow; j++) {
+                float best = r0[2 * j];
+                int32_t best_at = base + (int32_t)(2 * j);
+                MAXPOOL_TAKE(r0[2 * j + 1], best_at + 1);
+                MAXPOOL_TAKE(r1[2 * j], base + (int32_t)(w + 2 * j));
+                MAXPOOL_TAKE(r1[2 * j + 1], base + (int32_t)(w + 2 * j + 1));
+                yp[i * ow + j] = best;
+                ap[i * ow + j] = best_at;
+            }
+        }
+    }
+}
+
 static void maxpool_forward_planes(void *arg, int64_t begin, int64_t end) {
     const maxpool_args *a = arg;
     const graft_pool2d_geom *g = a->g;
     int64_t h = g->h, w = g->w, oh = g->oh, ow = g->ow;
+    if (g->kh == 2 && g->kw == 2 && g->sh == 2 && g->sw == 2 && g->ph == 0 && g->pw == 0 && 2 * oh <= h &&
+        2 * ow <= w) {
+        maxpool_2x2_planes(a, begin, end);
+        return;
+    }
     for (int64_t p = begin; p < end; p++) {
         const float *xp = a->x + p * h * w;
         float *yp = a->y + p * oh * ow;

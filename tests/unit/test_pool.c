@@ -254,6 +254,10 @@ static void maxpool_fast_matches_reference_resnet_stem(void **state) {
 static void maxpool_fast_matches_reference_vgg_2x2(void **state) {
     (void)state;
     check_maxpool_fast_against_reference(geom(4, 8, 16, 16, 2, 2, 0, false), 5);
+    /* odd sizes: the last row and column fall outside every window (floor mode), or
+     * form partial windows (ceil mode, the general path) */
+    check_maxpool_fast_against_reference(geom(2, 3, 7, 9, 2, 2, 0, false), 8);
+    check_maxpool_fast_against_reference(geom(2, 3, 7, 9, 2, 2, 0, true), 9);
 }
 
 static void maxpool_fast_matches_reference_ceil_mode(void **state) {
