@@ -1,14 +1,30 @@
-/* linear.c — Linear (fully connected): y = x w^T + b, as one GEMM (ops/gemm.h: BLAS,
- * split over graft's pool), and the double reference it is checked against.  The
- * weight keeps PyTorch's [out, in] layout, so state dicts load without a transpose.
+/* linear.c — Linear (fully connected): y = x w^T + b and its gradients, and the double
+ * reference they are checked against.  The weight keeps PyTorch's [out, in] layout, so
+ * state dicts load without a transpose.
  *
- * Kernel choice (docs/performance.md): OpenBLAS's SGEMM.  The classifier's products are
- * a batch of 64 rows against weights of up to 4096 x 25088 floats, bound by reading the
- * weights once; OpenBLAS streams them at the memory's speed, so a kernel of our own
- * would gain nothing here. */
+ * Kernel choice (docs/performance.md, ops/linear_internal.h): the forward of small
+ * batches takes linear_avx512.c where the CPU has AVX-512F — on the recipe's
+ * 64 x 4096 x 4096 product OpenBLAS's SGEMM spends much of its time packing the weights;
+ * larger batches, small heads, other CPUs and both gradients take OpenBLAS's SGEMM
+ * split over graft's pool (ops/gemm.h). */
 #include "ops/ops.h"
 
 #include "ops/gemm.h"
+#include "ops/linear_internal.h"
+
+static graft_linear_kernel forced_kernel = GRAFT_LINEAR_AUTO;
+
+void graft_linear_set_kernel(graft_linear_kernel k) { forced_kernel = k; }
+
+/* Whether a forward of n rows into out outputs should try the AVX-512 kernel (which
+ * itself declines where the CPU lacks AVX-512F). */
+static bool try_avx512(int64_t n, int64_t out) {
+    switch (forced_kernel) {
+    case GRAFT_LINEAR_BLAS: return false;
+    case GRAFT_LINEAR_AVX512: return true;
+    default: return n <= GRAFT_LINEAR_AVX512_MAX_ROWS && out >= GRAFT_LINEAR_AVX512_MIN_OUT;
+    }
+}
 
 /* ---- forward -------------------------------------------------------------- */
 
@@ -16,6 +32,7 @@
 void graft_linear_forward(int64_t n, int64_t in, int64_t out, const float *x, const float *w,
                           const float *b, float *y) {
     if (n <= 0 || out <= 0) return;
+    if (in > 0 && try_avx512(n, out) && graft_linear_forward_avx512(n, in, out, x, w, b, y)) return;
     float beta = 0.0f;
     if (b) { /* start y at the bias and let the GEMM add onto it */
         for (int64_t i = 0; i < n; i++)

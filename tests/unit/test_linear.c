@@ -13,6 +13,7 @@
 #include "core/rng.h"
 #include "core/threads.h"
 #include "graft/graft.h"
+#include "ops/linear_internal.h"
 #include "ops/ops.h"
 #include "testutil.h"
 
@@ -39,6 +40,9 @@ static const shape fast_shapes[] = {
     /* large enough that graft_sgemm splits them over the pool: by columns of y (more
      * outputs than rows), and by rows (more rows than outputs; dw then by columns) */
     {64, 512, 640}, {300, 96, 48},
+    /* the AVX-512 forward's edges: chunks of 64 rows with a short last one, a last
+     * tile of fewer than 6 outputs, panels of 256 inputs with a short last one */
+    {65, 300, 13}, {130, 257, 70}, {64, 4096, 64},
 };
 
 #define COUNT(a) ((int)(sizeof(a) / sizeof((a)[0])))
@@ -153,24 +157,36 @@ static void test_ref_db_matches_finite_differences(void **state) {
 
 /* ---- fast path against the reference --------------------------------------- */
 
+/* Every shape with each forward kernel (AUTO, BLAS, and AVX-512 where the CPU has it). */
 static void check_fast_forward(int with_bias) {
-    for (int i = 0; i < COUNT(fast_shapes); i++) {
-        shape s = fast_shapes[i];
-        problem p = make_problem(s, 200 + (uint64_t)i);
-        float *x = tu_to_float(p.x, s.n * s.in), *w = tu_to_float(p.w, s.out * s.in);
-        float *b = tu_to_float(p.b, s.out);
-        float *y = float_filled(s.n * s.out, NAN); /* every element must be written */
-        graft_linear_forward(s.n, s.in, s.out, x, w, with_bias ? b : NULL, y);
-        graft_ref_linear_forward(s.n, s.in, s.out, p.x, p.w, with_bias ? p.b : NULL, p.y);
-        double err = tu_rel_err_fd(y, p.y, s.n * s.out, 1e-6);
-        report(with_bias ? "fast forward" : "fast forward, no bias", i, err);
-        assert_true(err <= FAST_TOL);
-        free(x);
-        free(w);
-        free(b);
-        free(y);
-        free_problem(&p);
+    static const graft_linear_kernel kernels[] = {GRAFT_LINEAR_AUTO, GRAFT_LINEAR_BLAS, GRAFT_LINEAR_AVX512};
+    static const char *const names[] = {"auto", "blas", "avx512"};
+    for (int k = 0; k < COUNT(kernels); k++) {
+        if (kernels[k] == GRAFT_LINEAR_AVX512 && !graft_linear_avx512_available()) {
+            print_message("no AVX-512F on this CPU: the AVX-512 forward is not exercised\n");
+            continue;
+        }
+        graft_linear_set_kernel(kernels[k]);
+        for (int i = 0; i < COUNT(fast_shapes); i++) {
+            shape s = fast_shapes[i];
+            problem p = make_problem(s, 200 + (uint64_t)i);
+            float *x = tu_to_float(p.x, s.n * s.in), *w = tu_to_float(p.w, s.out * s.in);
+            float *b = tu_to_float(p.b, s.out);
+            float *y = float_filled(s.n * s.out, NAN); /* every element must be written */
+            graft_linear_forward(s.n, s.in, s.out, x, w, with_bias ? b : NULL, y);
+            graft_ref_linear_forward(s.n, s.in, s.out, p.x, p.w, with_bias ? p.b : NULL, p.y);
+            double err = tu_rel_err_fd(y, p.y, s.n * s.out, 1e-6);
+            if (getenv("GRAFT_TEST_VERBOSE"))
+                print_message("  %s forward%s, shape %d: %.3g\n", names[k], with_bias ? "" : ", no bias", i, err);
+            assert_true(err <= FAST_TOL);
+            free(x);
+            free(w);
+            free(b);
+            free(y);
+            free_problem(&p);
+        }
     }
+    graft_linear_set_kernel(GRAFT_LINEAR_AUTO);
 }
 
 static void test_fast_forward_matches_reference(void **state) {
@@ -181,6 +197,29 @@ static void test_fast_forward_matches_reference(void **state) {
 static void test_fast_forward_without_bias_matches_reference(void **state) {
     (void)state;
     check_fast_forward(0);
+}
+
+/* The AVX-512 forward splits outputs over threads, never a sum: one thread and three
+ * give the same bits. */
+static void test_avx512_forward_is_the_same_for_any_thread_count(void **state) {
+    (void)state;
+    if (!graft_linear_avx512_available()) {
+        print_message("no AVX-512F on this CPU: skipped\n");
+        return;
+    }
+    graft_linear_set_kernel(GRAFT_LINEAR_AVX512);
+    shape s = {70, 600, 131};
+    problem p = make_problem(s, 1500);
+    float *x = tu_to_float(p.x, s.n * s.in), *w = tu_to_float(p.w, s.out * s.in), *b = tu_to_float(p.b, s.out);
+    float *y1 = float_filled(s.n * s.out, NAN), *y3 = float_filled(s.n * s.out, NAN);
+    assert_int_equal(graft_set_num_threads(1), GRAFT_OK);
+    graft_linear_forward(s.n, s.in, s.out, x, w, b, y1);
+    assert_int_equal(graft_set_num_threads(3), GRAFT_OK);
+    graft_linear_forward(s.n, s.in, s.out, x, w, b, y3);
+    assert_memory_equal(y1, y3, (size_t)(s.n * s.out) * sizeof(float));
+    graft_linear_set_kernel(GRAFT_LINEAR_AUTO);
+    free(x), free(w), free(b), free(y1), free(y3);
+    free_problem(&p);
 }
 
 static void test_fast_backward_matches_reference(void **state) {
@@ -392,6 +431,7 @@ int main(void) {
         cmocka_unit_test(test_ref_db_matches_finite_differences),
         cmocka_unit_test(test_fast_forward_matches_reference),
         cmocka_unit_test(test_fast_forward_without_bias_matches_reference),
+        cmocka_unit_test(test_avx512_forward_is_the_same_for_any_thread_count),
         cmocka_unit_test(test_fast_backward_matches_reference),
         cmocka_unit_test(test_fast_backward_accumulates_dw_and_db),
         cmocka_unit_test(test_fast_backward_overwrites_dx),

@@ -1,0 +1,124 @@
+/* linear_layers.c — the recipe's classifier products: the measurement behind the Linear
+ * kernel choice in docs/performance.md.
+ *
+ *     build/bench/bench_linear_layers [--batch 64] [--threads T] [--iters 5]
+ *
+ * For each layer of the folded head (512 -> 4096, 4096 -> 4096, 4096 -> 10) and the
+ * unfolded first layer (25088 -> 4096) it times the forward with the AVX-512 kernel and
+ * with OpenBLAS, interleaved so load from other processes hits both alike, and checks
+ * that the two agree; and, for the whole step's picture, the input and weight gradients
+ * (OpenBLAS, the kernel Linear uses for them).  GFLOP/s are 2 * n * in * out / median
+ * seconds.  The last line is "gflops_per_s N": the AVX-512 forward over the
+ * 4096 -> 4096 layer. */
+#define _POSIX_C_SOURCE 200809L
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/clock.h"
+#include "core/threads.h"
+#include "ops/linear_internal.h"
+#include "ops/ops.h"
+
+#define MAX_ITERS 64
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static double median(double *t, int n) {
+    qsort(t, (size_t)n, sizeof *t, cmp_double);
+    return t[n / 2];
+}
+
+static float *random_floats(size_t n, unsigned seed, float scale) {
+    float *f = malloc(n * sizeof *f);
+    if (!f) {
+        fprintf(stderr, "out of memory\n");
+        exit(1);
+    }
+    srand(seed);
+    for (size_t i = 0; i < n; i++) f[i] = scale * ((float)rand() / (float)RAND_MAX * 2.0f - 1.0f);
+    return f;
+}
+
+static float *zero_floats(size_t n) {
+    float *f = calloc(n, sizeof *f);
+    if (!f) {
+        fprintf(stderr, "out of memory\n");
+        exit(1);
+    }
+    return f;
+}
+
+static double rel_diff(const float *a, const float *b, size_t n) {
+    double diff = 0, mag = 1e-30;
+    for (size_t i = 0; i < n; i++) {
+        diff = fmax(diff, fabs((double)a[i] - b[i]));
+        mag = fmax(mag, fabs((double)b[i]));
+    }
+    return diff / mag;
+}
+
+/* in, out: the folded head, then the unfolded first layer. */
+static const int layers[][2] = {{512, 4096}, {4096, 4096}, {4096, 10}, {25088, 4096}};
+
+int main(int argc, char **argv) {
+    int batch = 64, threads = 0, iters = 5;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--batch") && i + 1 < argc) batch = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--threads") && i + 1 < argc) threads = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--iters") && i + 1 < argc) iters = atoi(argv[++i]);
+        else {
+            fprintf(stderr, "usage: %s [--batch B] [--threads T] [--iters I]\n", argv[0]);
+            return 2;
+        }
+    }
+    if (batch < 1 || iters < 1 || iters > MAX_ITERS) {
+        fprintf(stderr, "need --batch >= 1, --iters in 1..%d\n", MAX_ITERS);
+        return 2;
+    }
+    if (!graft_linear_avx512_available()) {
+        fprintf(stderr, "this CPU has no AVX-512F: only the BLAS kernel runs here\n");
+        return 1;
+    }
+    graft_set_num_threads(threads);
+    printf("Linear, batch %d, %d threads, median of %d; GFLOP/s\n", batch, graft_num_threads(), iters);
+    printf("%-16s %16s %16s %16s %16s %10s\n", "layer", "forward avx512", "forward BLAS", "dx BLAS", "dw BLAS",
+           "max diff");
+    double big_gflops = 0;
+    for (size_t l = 0; l < sizeof layers / sizeof layers[0]; l++) {
+        int64_t in = layers[l][0], out = layers[l][1], n = batch;
+        size_t nx = (size_t)(n * in), nw = (size_t)(in * out), ny = (size_t)(n * out);
+        float *x = random_floats(nx, 1, 1.0f), *w = random_floats(nw, 2, 0.02f), *b = random_floats((size_t)out, 3, 0.1f);
+        float *dy = random_floats(ny, 4, 1.0f);
+        float *y[2] = {zero_floats(ny), zero_floats(ny)}, *dx = zero_floats(nx), *dw = zero_floats(nw);
+        double t[4][MAX_ITERS + 1];
+        for (int it = 0; it <= iters; it++) { /* iteration 0 warms up */
+            for (int kernel = 0; kernel < 2; kernel++) {
+                graft_linear_set_kernel(kernel == 0 ? GRAFT_LINEAR_AVX512 : GRAFT_LINEAR_BLAS);
+                double t0 = graft_now_seconds();
+                graft_linear_forward(n, in, out, x, w, b, y[kernel]);
+                t[kernel][it] = graft_now_seconds() - t0;
+            }
+            graft_linear_set_kernel(GRAFT_LINEAR_AUTO);
+            double t0 = graft_now_seconds();
+            graft_linear_backward(n, in, out, x, w, dy, dx, NULL, NULL);
+            double t1 = graft_now_seconds();
+            graft_linear_backward(n, in, out, x, w, dy, NULL, dw, NULL);
+            t[2][it] = t1 - t0, t[3][it] = graft_now_seconds() - t1;
+        }
+        double flops = 2.0 * (double)n * (double)in * (double)out, g[4];
+        for (int k = 0; k < 4; k++) g[k] = flops / median(t[k] + 1, iters) / 1e9;
+        if (in == 4096 && out == 4096) big_gflops = g[0];
+        char name[32];
+        snprintf(name, sizeof name, "%lld->%lld", (long long)in, (long long)out);
+        printf("%-16s %16.1f %16.1f %16.1f %16.1f %10.1e\n", name, g[0], g[1], g[2], g[3], rel_diff(y[0], y[1], ny));
+        free(x), free(w), free(b), free(dy), free(y[0]), free(y[1]), free(dx), free(dw);
+    }
+    printf("gflops_per_s %.1f\n", big_gflops);
+    graft_threads_shutdown();
+    return 0;
+}

@@ -1,0 +1,47 @@
+/* linear_internal.h — the kernels behind graft_linear_forward and the knob only tests
+ * and benchmarks touch.
+ *
+ * Two kernels compute Linear's forward, y = x w^T + b:
+ *   BLAS    OpenBLAS's SGEMM over graft's pool (ops/gemm.h);
+ *   AVX512  linear_avx512.c, for small batches (the trainer's 64 rows against weights of
+ *           4096 x 4096): the batch is packed and the weights read in place, on CPUs with
+ *           AVX-512F.
+ * GRAFT_LINEAR_AUTO picks AVX512 where the CPU has it, the batch is at most
+ * GRAFT_LINEAR_AVX512_MAX_ROWS rows and there are at least GRAFT_LINEAR_AVX512_MIN_OUT
+ * outputs (measured faster there, docs/performance.md), else BLAS.  The gradients
+ * always take BLAS. */
+#ifndef GRAFT_OPS_LINEAR_INTERNAL_H
+#define GRAFT_OPS_LINEAR_INTERNAL_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+/* Under AUTO the AVX-512 kernel takes batches of up to MAX_ROWS rows into at least
+ * MIN_OUT outputs (a 10-class head is faster with BLAS). */
+#define GRAFT_LINEAR_AVX512_MAX_ROWS 128
+#define GRAFT_LINEAR_AVX512_MIN_OUT 64
+
+typedef enum graft_linear_kernel {
+    GRAFT_LINEAR_AUTO = 0,
+    GRAFT_LINEAR_BLAS,
+    GRAFT_LINEAR_AVX512
+} graft_linear_kernel;
+
+/* Forces a kernel for every later linear call (AUTO restores the default); AVX512
+ * falls back to BLAS where the CPU rules it out.  Process-wide: for tests and
+ * benchmarks. */
+void graft_linear_set_kernel(graft_linear_kernel k);
+
+/* ---- linear_avx512.c ---- */
+
+/* Whether this CPU runs AVX-512F code (and the build has the kernel). */
+bool graft_linear_avx512_available(void);
+
+/* x [n, in], w [out, in], b [out] or NULL -> y [n, out] = x w^T + b, threaded on
+ * graft's pool.  Returns false, having written nothing, when it cannot run (no
+ * AVX-512, an empty product, no memory for its scratch); the caller then takes the
+ * BLAS path. */
+bool graft_linear_forward_avx512(int64_t n, int64_t in, int64_t out, const float *x, const float *w,
+                                 const float *b, float *y);
+
+#endif
