@@ -123,7 +123,7 @@ static graft_status run_once(mode md, graft_model *m, graft_optim *opt, graft_te
     if (md == MODE_EVAL) return GRAFT_OK;
     double loss;
     if ((s = graft_cross_entropy(logits, labels, &loss, dlogits))) return s;
-    graft_model_zero_grad(m);
+    graft_model_zero_grad_lazy(m); /* as the trainer does */
     if ((s = graft_model_backward(m, dlogits, NULL))) return s;
     return graft_optim_step(opt);
 }

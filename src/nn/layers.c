@@ -171,15 +171,17 @@ static graft_status linear_backward(graft_module *m, graft_ctx *ctx, graft_tenso
     (void)ctx;
     const graft_tensor *w = &m->params[0].value;
     int64_t n = m->in->shape[0], nin = w->shape[1], nout = w->shape[0];
-    float *dw, *db, *dxp = NULL;
+    float *g[2] = {NULL, NULL}, *dxp = NULL;
+    bool set[2] = {false, false}; /* a zero gradient: written whole rather than added to */
     graft_status s;
-    if ((s = grad_or_null(m, 0, &dw)) || (s = grad_or_null(m, 1, &db))) return s;
+    for (int i = 0; i < m->nparams && i < 2; i++)
+        if (!m->params[i].frozen && (s = graft_param_grad_for_write(&m->params[i], &g[i], &set[i]))) return s;
     if (m->need_dx) {
         if ((s = resize2(&m->dx, n, nin))) return s;
         dxp = m->dx.data;
         *dx = &m->dx;
     }
-    graft_linear_backward(n, nin, nout, m->in->data, w->data, dy->data, dxp, dw, db);
+    graft_linear_backward_ex(n, nin, nout, m->in->data, w->data, dy->data, dxp, g[0], g[1], set[0], set[1]);
     return GRAFT_OK;
 }
 

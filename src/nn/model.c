@@ -173,6 +173,22 @@ graft_status graft_model_forward_steps(graft_model *m, graft_module *const *step
     return s;
 }
 
+void graft_model_zero_grad(graft_model *m) {
+    for (size_t i = 0; i < m->nstate; i++)
+        if (m->state[i].param && m->state[i].param->grad.data) graft_tensor_zero(&m->state[i].param->grad);
+}
+
+void graft_model_zero_grad_lazy(graft_model *m) {
+    for (size_t i = 0; i < m->nstate; i++)
+        if (m->state[i].param && m->state[i].param->grad.data) m->state[i].param->grad_stale = true;
+}
+
+/* The zeros a lazy zero_grad left pending, written before anyone reads a gradient. */
+static void settle_grads(graft_model *m) {
+    for (size_t i = 0; i < m->nstate; i++)
+        if (m->state[i].param) graft_param_grad_settle(m->state[i].param);
+}
+
 graft_status graft_model_backward_steps(graft_model *m, graft_module *const *steps, int n, int from,
                                         const graft_tensor *grad_output) {
     if (!steps) steps = m->steps, n = m->nsteps;
@@ -183,7 +199,9 @@ graft_status graft_model_backward_steps(graft_model *m, graft_module *const *ste
     if (s) return s;
     graft_tensor_copy_data(&m->grad_out, grad_output);
     graft_tensor *dx;
-    return graft_sequence_backward(steps + from, n - from, false, &m->ctx, &m->grad_out, &dx);
+    s = graft_sequence_backward(steps + from, n - from, false, &m->ctx, &m->grad_out, &dx);
+    settle_grads(m);
+    return s;
 }
 
 graft_param *graft_model_state_param(const graft_model *m, size_t i) { return i < m->nstate ? m->state[i].param : NULL; }
@@ -275,15 +293,15 @@ graft_status graft_model_backward(graft_model *m, const graft_tensor *grad_outpu
     graft_tensor_copy_data(&m->grad_out, grad_output);
     m->root->need_dx = grad_input != NULL;
     graft_tensor *dx = NULL;
-    if (!m->root->need_dx && !graft_module_has_trainable(m->root)) return GRAFT_OK; /* all frozen */
-    if ((s = graft_module_backward(m->root, &m->ctx, &m->grad_out, &dx))) return s;
+    if (!m->root->need_dx && !graft_module_has_trainable(m->root)) { /* all frozen */
+        settle_grads(m);
+        return GRAFT_OK;
+    }
+    s = graft_module_backward(m->root, &m->ctx, &m->grad_out, &dx);
+    settle_grads(m);
+    if (s) return s;
     if (grad_input) *grad_input = dx;
     return GRAFT_OK;
-}
-
-void graft_model_zero_grad(graft_model *m) {
-    for (size_t i = 0; i < m->nstate; i++)
-        if (m->state[i].param && m->state[i].param->grad.data) graft_tensor_zero(&m->state[i].param->grad);
 }
 
 size_t graft_model_state_size(const graft_model *m) { return m->nstate; }
@@ -306,6 +324,7 @@ graft_tensor *graft_model_state_get(const graft_model *m, const char *name) {
 graft_tensor *graft_model_grad(const graft_model *m, const char *name) {
     const state_entry *e = find_entry(m, name);
     if (!e || !e->param || e->param->frozen || !e->param->grad.data) return NULL;
+    graft_param_grad_settle(e->param);
     return &e->param->grad;
 }
 

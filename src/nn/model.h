@@ -38,6 +38,12 @@ graft_status graft_model_backward_steps(graft_model *m, graft_module *const *ste
                                         const graft_tensor *grad_output);
 /* The parameter behind state entry i (NULL for buffers). */
 graft_param *graft_model_state_param(const graft_model *m, size_t i);
+/* graft_model_zero_grad without the pass of zeros: the next backward overwrites the
+ * gradients it writes whole (Linear's weight and bias) instead of adding to zeros, and
+ * zeroes the others when it reaches them or when it ends, so after that backward (or
+ * through graft_model_grad) every gradient reads as after graft_model_zero_grad.  For
+ * callers that do not read gradients through pointers kept from before (the trainer). */
+void graft_model_zero_grad_lazy(graft_model *m);
 
 /* Input channels the model expects (its first convolution's), or -1. */
 int64_t graft_model_in_channels(const graft_model *m);

@@ -277,12 +277,27 @@ graft_status graft_module_backward(graft_module *m, graft_ctx *ctx, graft_tensor
     return m->type->backward(m, ctx, dy, dx);
 }
 
-graft_status graft_param_grad(graft_param *p, float **grad) {
+graft_status graft_param_grad_for_write(graft_param *p, float **grad, bool *overwrite) {
+    *overwrite = p->grad_stale;
     if (!p->grad.data || !graft_tensor_same_shape(&p->grad, &p->value)) {
         graft_status s = graft_tensor_resize(&p->grad, p->value.ndim, p->value.shape);
         if (s) return s;
-        graft_tensor_zero(&p->grad);
+        *overwrite = true;
     }
+    p->grad_stale = false;
     *grad = p->grad.data;
     return GRAFT_OK;
+}
+
+graft_status graft_param_grad(graft_param *p, float **grad) {
+    bool overwrite;
+    graft_status s = graft_param_grad_for_write(p, grad, &overwrite);
+    if (!s && overwrite) graft_tensor_zero(&p->grad);
+    return s;
+}
+
+void graft_param_grad_settle(graft_param *p) {
+    if (!p->grad_stale) return;
+    if (p->grad.data) graft_tensor_zero(&p->grad);
+    p->grad_stale = false;
 }

@@ -32,6 +32,8 @@ typedef struct graft_param {
     graft_tensor value;
     graft_tensor grad; /* allocated on the first backward that reaches it */
     bool frozen;
+    bool grad_stale;   /* zeroed lazily (graft_model_zero_grad): grad reads as zero, its
+                        * memory is not written yet */
 } graft_param;
 
 typedef struct graft_buffer {
@@ -117,8 +119,15 @@ graft_status graft_module_forward(graft_module *m, graft_ctx *ctx, graft_tensor 
 graft_status graft_module_backward(graft_module *m, graft_ctx *ctx, graft_tensor *dy,
                                    graft_tensor **dx);
 
-/* The gradient tensor of a parameter, allocated and zeroed on first use. */
+/* The gradient tensor of a parameter, allocated and zeroed on first use (and zeroed
+ * now if it was zeroed lazily), for a backward to accumulate into. */
 graft_status graft_param_grad(graft_param *p, float **grad);
+/* The same for a backward that writes every element of the gradient when *overwrite
+ * comes back true (the gradient is zero: new, or zeroed lazily), and accumulates into it
+ * otherwise.  Saves a pass of zeros over large weights. */
+graft_status graft_param_grad_for_write(graft_param *p, float **grad, bool *overwrite);
+/* Writes the zeros a lazy zeroing left pending, so the gradient can be read. */
+void graft_param_grad_settle(graft_param *p);
 
 /* A layer error: "features.0 (Conv2d): <message>". */
 graft_status graft_module_error(const graft_module *m, graft_status status, const char *fmt, ...)

@@ -2,11 +2,13 @@
  * reference they are checked against.  The weight keeps PyTorch's [out, in] layout, so
  * state dicts load without a transpose.
  *
- * Kernel choice (docs/performance.md, ops/linear_internal.h): the forward of small
- * batches takes linear_avx512.c where the CPU has AVX-512F — on the recipe's
- * 64 x 4096 x 4096 product OpenBLAS's SGEMM spends much of its time packing the weights;
- * larger batches, small heads, other CPUs and both gradients take OpenBLAS's SGEMM
- * split over graft's pool (ops/gemm.h). */
+ * Kernel choice (docs/performance.md, ops/linear_internal.h): for small batches the
+ * forward, and the weight gradient when it is written whole (a gradient zeroed
+ * lazily), take linear_avx512.c where the CPU has AVX-512F — on the recipe's
+ * 64 x 4096 x 4096 products OpenBLAS's SGEMM spends much of its time packing the
+ * weights, and with beta = 0 still clears the output in a pass of its own; larger
+ * batches, small heads, other CPUs, the input gradient and accumulated weight gradients
+ * take OpenBLAS's SGEMM split over graft's pool (ops/gemm.h). */
 #include "ops/ops.h"
 
 #include "ops/gemm.h"
@@ -16,8 +18,8 @@ static graft_linear_kernel forced_kernel = GRAFT_LINEAR_AUTO;
 
 void graft_linear_set_kernel(graft_linear_kernel k) { forced_kernel = k; }
 
-/* Whether a forward of n rows into out outputs should try the AVX-512 kernel (which
- * itself declines where the CPU lacks AVX-512F). */
+/* Whether a product of n batch rows with out outputs should try the AVX-512 kernel
+ * (which itself declines where the CPU lacks AVX-512F). */
 static bool try_avx512(int64_t n, int64_t out) {
     switch (forced_kernel) {
     case GRAFT_LINEAR_BLAS: return false;
@@ -54,20 +56,30 @@ void graft_linear_forward(int64_t n, int64_t in, int64_t out, const float *x, co
  *   NULL skips. */
 void graft_linear_backward(int64_t n, int64_t in, int64_t out, const float *x, const float *w,
                            const float *dy, float *dx, float *dw, float *db) {
-    if (n <= 0) return; /* no rows: nothing to accumulate, and dx is empty */
-    if (dx && in > 0) {
+    graft_linear_backward_ex(n, in, out, x, w, dy, dx, dw, db, false, false);
+}
+
+void graft_linear_backward_ex(int64_t n, int64_t in, int64_t out, const float *x, const float *w,
+                              const float *dy, float *dx, float *dw, float *db, bool set_dw, bool set_db) {
+    if (dx && in > 0 && n > 0) {
         if (out > 0)
             graft_sgemm(false, false, n, in, out, 1.0f, dy, out, w, in, 0.0f, dx, in);
         else
             for (int64_t i = 0; i < n * in; i++) dx[i] = 0.0f;
     }
-    if (dw && in > 0 && out > 0)
-        graft_sgemm(true, false, out, in, n, 1.0f, dy, out, x, in, 1.0f, dw, in);
+    if (dw && in > 0 && out > 0) {
+        if (n <= 0) { /* an empty batch: nothing to add, zeros to set */
+            if (set_dw)
+                for (int64_t i = 0; i < out * in; i++) dw[i] = 0.0f;
+        } else if (!(set_dw && try_avx512(n, out) && graft_linear_weight_grad_avx512(n, in, out, dy, x, dw))) {
+            graft_sgemm(true, false, out, in, n, 1.0f, dy, out, x, in, set_dw ? 0.0f : 1.0f, dw, in);
+        }
+    }
     if (db)
         for (int64_t o = 0; o < out; o++) {
             double sum = 0.0; /* a batch of float gradients, summed without drift */
             for (int64_t i = 0; i < n; i++) sum += dy[i * out + o];
-            db[o] += (float)sum;
+            db[o] = set_db ? (float)sum : db[o] + (float)sum;
         }
 }
 

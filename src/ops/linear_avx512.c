@@ -1,30 +1,36 @@
-/* linear_avx512.c — Linear's forward for small batches on AVX-512, on graft's pool.
+/* linear_avx512.c — Linear's forward and weight gradient for small batches on AVX-512,
+ * on graft's pool.
  *
  * The recipe trains a classifier on batches of 64 rows against weights of 4096 x 4096
  * floats.  SGEMM packs the weights on every call, and with only 64 rows on the other
  * side the packing and the thin panels cost more than the arithmetic: OpenBLAS reaches
- * about a third of its peak on these shapes (docs/performance.md).  Here the small
- * operand (the batch) is packed instead and the weights are read in place, once per
- * 64 rows:
+ * about a third of its peak on these shapes (docs/performance.md).
+ *
+ * Forward: the small operand (the batch) is packed instead and the weights are read in
+ * place, once per 64 rows:
  *
  *   y [m, j] = sum_p x [m, p] w [j, p]  (+ b [j])
  *
  *   for each chunk of 64 rows of x, for each block of PB inputs p:
- *       pack x [64, PB] transposed into at [PB][64]        (zero rows past n)
- *       for each block of JB outputs, for each JR outputs:  ct [JR, 64] += w [JR, PB] . at
- *   write ct transposed into y, adding the bias
+ *       pack x [64, PB] transposed into xt [PB][64]        (zero rows past n)
+ *       for each JR outputs:                                yt [JR, 64] += w [JR, PB] . xt
+ *   write yt transposed into y, adding the bias
  *
- * The micro-kernel keeps ct [6, 64] in 24 zmm registers, loads a row of at (four
- * vectors) and broadcasts w [j, p] for its six outputs, six rows of the weight streamed
+ * The micro-kernel keeps yt [6, 64] in 24 zmm registers, loads a row of xt (four
+ * vectors) and broadcasts w [j, p] for its six outputs, six rows of the weight read
  * side by side.
  *
- * Every output is summed in one order, p ascending from zero, with fused multiply-adds,
- * as a BLAS kernel would; tests hold the result to the double reference and to the
- * BLAS path.  Threads split the outputs, so each element is the same sum for any thread
- * count.
+ * Weight gradient written whole (dw = dy^T x into a gradient zeroed lazily, the
+ * trainer's case): dy and x are packed into panels (6 columns of dy, 64 of x, the batch
+ * along them); a 6 x 64 tile of dw is summed over the batch in registers and stored
+ * once, so there is no pass of zeros and no read of dw (non-temporal stores measured no
+ * faster).  Accumulated weight gradients and the input gradient stay with OpenBLAS:
+ * kernels of this design measured no faster than SGEMM for them (docs/performance.md).
  *
- * The gradients stay with OpenBLAS: kernels of the same design for dy w and dy^T x
- * measured no faster than SGEMM on these shapes (docs/performance.md).
+ * Every output is summed in one order (p, or the batch, ascending from zero) with fused
+ * multiply-adds, as a BLAS kernel would; tests hold the results to the double reference
+ * with every kernel.  Threads split the outputs, so each element is the same sum for
+ * any thread count.
  *
  * Compiled for x86-64 with GCC or clang (function-level target attributes, the rest of
  * graft keeps the baseline ISA) and used only where the CPU reports AVX-512F;
@@ -32,6 +38,7 @@
 #include "ops/linear_internal.h"
 
 #include <stdlib.h>
+#include <string.h>
 
 #include "core/threads.h"
 #include "graft/graft.h"
@@ -146,6 +153,86 @@ static void forward_slab(void *arg, int64_t begin, int64_t end) {
     }
 }
 
+/* ---- weight gradient: dw [o, k] = sum_m dy [m, o] x [m, k] ------------------------- */
+
+#define OR 6                  /* rows of dw per tile: 6 x 4 = 24 accumulators */
+#define KB 512                /* columns of dw per block: its packed x (128 KiB) stays in L2 */
+
+typedef struct wgrad_job {
+    int64_t n, in, out, otiles, slabs;
+    const float *dyt; /* dy packed: otiles tiles of [n][OR] (dy's columns, zero past out) */
+    const float *xp;  /* x packed: panels of MB columns, [n][MB] each (zero past in) */
+    float *dw;
+} wgrad_job;
+
+/* dw [or rows, nv vectors] = sum_m dyt [m][.] xp [m][.], the last vector masked. */
+AVX512_INLINE void wgrad_tile(int orows, int nv, __mmask16 last, int64_t n, const float *dyt,
+                              const float *xp, float *dw, int64_t lddw) {
+    __m512 c[OR][MV];
+    for (int i = 0; i < orows; i++)
+        for (int v = 0; v < nv; v++) c[i][v] = _mm512_setzero_ps();
+    for (int64_t m = 0; m < n; m++) {
+        __m512 xv[MV];
+        for (int v = 0; v < nv; v++) xv[v] = _mm512_load_ps(xp + m * MB + v * LANES);
+        const float *d = dyt + m * OR;
+        for (int i = 0; i < orows; i++) {
+            __m512 di = _mm512_set1_ps(d[i]);
+            for (int v = 0; v < nv; v++) c[i][v] = _mm512_fmadd_ps(di, xv[v], c[i][v]);
+        }
+    }
+    for (int i = 0; i < orows; i++)
+        for (int v = 0; v < nv; v++)
+            _mm512_mask_storeu_ps(dw + i * lddw + v * LANES, v == nv - 1 ? last : (__mmask16)0xFFFF, c[i][v]);
+}
+
+#define WGRAD_NV(OROWS)                                                                     \
+    switch (nv) {                                                                           \
+    case 4: wgrad_tile(OROWS, 4, last, n, dyt, xp, dw, lddw); break;                \
+    case 3: wgrad_tile(OROWS, 3, last, n, dyt, xp, dw, lddw); break;                \
+    case 2: wgrad_tile(OROWS, 2, last, n, dyt, xp, dw, lddw); break;                \
+    default: wgrad_tile(OROWS, 1, last, n, dyt, xp, dw, lddw); break;               \
+    }
+
+/* One call per tile shape, so each keeps its accumulators in registers. */
+AVX512 static void wgrad_tile_any(int orows, int64_t kn, int64_t n, const float *dyt, const float *xp,
+                                  float *dw, int64_t lddw) {
+    int nv = (int)((kn + LANES - 1) / LANES);
+    int tail = (int)(kn - (int64_t)(nv - 1) * LANES);
+    __mmask16 last = (__mmask16)(tail == LANES ? 0xFFFF : (1u << tail) - 1u);
+    if (orows == OR && nv == MV) {
+        wgrad_tile(OR, MV, last, n, dyt, xp, dw, lddw);
+        return;
+    }
+    switch (orows) {
+    case 6: WGRAD_NV(6) break;
+    case 5: WGRAD_NV(5) break;
+    case 4: WGRAD_NV(4) break;
+    case 3: WGRAD_NV(3) break;
+    case 2: WGRAD_NV(2) break;
+    default: WGRAD_NV(1) break;
+    }
+}
+
+/* Slab s: the rows of dw in tiles [otiles * s / slabs, otiles * (s + 1) / slabs). */
+static void wgrad_slab(void *arg, int64_t begin, int64_t end) {
+    const wgrad_job *jb = arg;
+    for (int64_t s = begin; s < end; s++) {
+        int64_t tlo = jb->otiles * s / jb->slabs, thi = jb->otiles * (s + 1) / jb->slabs;
+        for (int64_t k1 = 0; k1 < jb->in; k1 += KB) {
+            int64_t k2 = jb->in - k1 < KB ? jb->in : k1 + KB;
+            for (int64_t t = tlo; t < thi; t++) {
+                int64_t o0 = t * OR;
+                int orows = jb->out - o0 < OR ? (int)(jb->out - o0) : OR;
+                for (int64_t k0 = k1; k0 < k2; k0 += MB) {
+                    int64_t kn = k2 - k0 < MB ? k2 - k0 : MB;
+                    wgrad_tile_any(orows, kn, jb->n, jb->dyt + t * jb->n * OR, jb->xp + (k0 / MB) * jb->n * MB,
+                                   jb->dw + o0 * jb->in + k0, jb->in);
+                }
+            }
+        }
+    }
+}
+
 #endif /* HAVE_AVX512_BUILD */
 
 /* ---- entry points --------------------------------------------------------------------- */
@@ -168,6 +255,39 @@ bool graft_linear_forward_avx512(int64_t n, int64_t in, int64_t out, const float
     return true;
 #else
     (void)n, (void)in, (void)out, (void)x, (void)w, (void)b, (void)y;
+    return false;
+#endif
+}
+
+bool graft_linear_weight_grad_avx512(int64_t n, int64_t in, int64_t out, const float *dy, const float *x,
+                                     float *dw) {
+#if HAVE_AVX512_BUILD
+    if (!graft_linear_avx512_available() || n <= 0 || in <= 0 || out <= 0) return false;
+    int64_t otiles = (out + OR - 1) / OR, panels = (in + MB - 1) / MB;
+    int64_t slabs = graft_num_threads();
+    if (slabs > otiles) slabs = otiles;
+    if (slabs < 1) slabs = 1;
+    int64_t dy_floats = (otiles * n * OR + LANES - 1) / LANES * LANES; /* keeps xp aligned */
+    float *scratch = aligned_alloc(ALIGN_BYTES, (size_t)(dy_floats + panels * n * MB) * sizeof(float));
+    if (!scratch) return false;
+    float *dyt = scratch, *xp = scratch + dy_floats;
+    for (int64_t t = 0; t < otiles; t++)
+        for (int64_t m = 0; m < n; m++)
+            for (int64_t i = 0; i < OR; i++)
+                dyt[(t * n + m) * OR + i] = t * OR + i < out ? dy[m * out + t * OR + i] : 0.0f;
+    for (int64_t p = 0; p < panels; p++)
+        for (int64_t m = 0; m < n; m++) {
+            int64_t k0 = p * MB, kn = in - k0 < MB ? in - k0 : MB;
+            float *to = xp + (p * n + m) * MB;
+            memcpy(to, x + m * in + k0, (size_t)kn * sizeof(float));
+            for (int64_t k = kn; k < MB; k++) to[k] = 0.0f;
+        }
+    wgrad_job jb = {.n = n, .in = in, .out = out, .otiles = otiles, .slabs = slabs, .dyt = dyt, .xp = xp, .dw = dw};
+    graft_parallel_for(slabs, 1, wgrad_slab, &jb);
+    free(scratch);
+    return true;
+#else
+    (void)n, (void)in, (void)out, (void)dy, (void)x, (void)dw;
     return false;
 #endif
 }

@@ -52,6 +52,10 @@ void graft_linear_forward(int64_t n, int64_t in, int64_t out, const float *x, co
                           const float *b, float *y);
 void graft_linear_backward(int64_t n, int64_t in, int64_t out, const float *x, const float *w,
                            const float *dy, float *dx, float *dw, float *db);
+/* As graft_linear_backward, but dw (when set_dw) and db (when set_db) are overwritten
+ * with the batch's gradient instead of accumulated: for gradients known to be zero. */
+void graft_linear_backward_ex(int64_t n, int64_t in, int64_t out, const float *x, const float *w,
+                              const float *dy, float *dx, float *dw, float *db, bool set_dw, bool set_db);
 void graft_ref_linear_forward(int64_t n, int64_t in, int64_t out, const double *x,
                               const double *w, const double *b, double *y);
 void graft_ref_linear_backward(int64_t n, int64_t in, int64_t out, const double *x,

@@ -579,7 +579,7 @@ static graft_status evaluate(trainer *t) {
 static graft_status train_step(trainer *t, const graft_tensor *x, const graft_tensor *y) {
     graft_tensor *logits;
     int from = t->cached ? t->cache.trunk_end : 0;
-    graft_model_zero_grad(t->model);
+    graft_model_zero_grad_lazy(t->model);
     if (t->fold.active) /* the folded layer is not in the model's state */
         for (int i = 0; i < t->fold.folded->nparams; i++)
             if (t->fold.folded->params[i].grad.data) graft_tensor_zero(&t->fold.folded->params[i].grad);

@@ -283,6 +283,45 @@ static void fast_run_free(fast_run *r) {
     free(r->db);
 }
 
+/* graft_linear_backward_ex with set_dw / set_db writes every element of dw and db (here
+ * over NaN), giving what accumulating into zeros gives, with each kernel; and an empty
+ * batch sets them to zero. */
+static void test_backward_set_overwrites_dw_and_db(void **state) {
+    (void)state;
+    static const graft_linear_kernel kernels[] = {GRAFT_LINEAR_AUTO, GRAFT_LINEAR_BLAS, GRAFT_LINEAR_AVX512};
+    for (int k = 0; k < COUNT(kernels); k++) {
+        if (kernels[k] == GRAFT_LINEAR_AVX512 && !graft_linear_avx512_available()) continue;
+        graft_linear_set_kernel(kernels[k]);
+        for (int i = 0; i < COUNT(fast_shapes); i++) {
+            shape s = fast_shapes[i];
+            problem p = make_problem(s, 1600 + (uint64_t)i);
+            float *x = tu_to_float(p.x, s.n * s.in), *w = tu_to_float(p.w, s.out * s.in);
+            float *dy = tu_to_float(p.gy, s.n * s.out);
+            float *dw = float_filled(s.out * s.in, NAN), *db = float_filled(s.out, NAN);
+            graft_linear_backward_ex(s.n, s.in, s.out, x, w, dy, NULL, dw, db, true, true);
+            double *rdw = zeros(s.out * s.in), *rdb = zeros(s.out);
+            graft_ref_linear_backward(s.n, s.in, s.out, p.x, p.w, p.gy, NULL, rdw, rdb);
+            double ew = tu_rel_err_fd(dw, rdw, s.out * s.in, 1e-6), eb = tu_rel_err_fd(db, rdb, s.out, 1e-6);
+            report("backward set dw", i, ew);
+            assert_true(ew <= FAST_TOL);
+            assert_true(eb <= FAST_TOL);
+            /* set only dw: db still accumulates */
+            for (int64_t o = 0; o < s.out; o++) db[o] = 1.0f;
+            graft_linear_backward_ex(s.n, s.in, s.out, x, w, dy, NULL, dw, db, true, false);
+            for (int64_t o = 0; o < s.out; o++) rdb[o] += 1.0;
+            assert_true(tu_rel_err_fd(db, rdb, s.out, 1e-6) <= FAST_TOL);
+            assert_true(tu_rel_err_fd(dw, rdw, s.out * s.in, 1e-6) <= FAST_TOL);
+            free(x), free(w), free(dy), free(dw), free(db), free(rdw), free(rdb);
+            free_problem(&p);
+        }
+        float dw0[6] = {NAN, NAN, NAN, NAN, NAN, NAN}, db0[2] = {NAN, NAN};
+        graft_linear_backward_ex(0, 3, 2, NULL, NULL, NULL, NULL, dw0, db0, true, true);
+        for (int j = 0; j < 6; j++) assert_true(dw0[j] == 0.0f);
+        assert_true(db0[0] == 0.0f && db0[1] == 0.0f);
+    }
+    graft_linear_set_kernel(GRAFT_LINEAR_AUTO);
+}
+
 static void test_fast_backward_accumulates_dw_and_db(void **state) {
     (void)state;
     shape s = convention_shape;
@@ -434,6 +473,7 @@ int main(void) {
         cmocka_unit_test(test_avx512_forward_is_the_same_for_any_thread_count),
         cmocka_unit_test(test_fast_backward_matches_reference),
         cmocka_unit_test(test_fast_backward_accumulates_dw_and_db),
+        cmocka_unit_test(test_backward_set_overwrites_dw_and_db),
         cmocka_unit_test(test_fast_backward_overwrites_dx),
         cmocka_unit_test(test_fast_backward_null_arguments_skip),
         cmocka_unit_test(test_ref_backward_accumulates_dw_db_and_overwrites_dx),

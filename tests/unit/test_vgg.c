@@ -428,11 +428,65 @@ static void loading_a_state_dict_is_strict_and_reports_like_pytorch(void **state
     graft_model_free(src);
 }
 
+/* The trainer's lazy zero_grad: after it and a backward every gradient equals what
+ * graft_model_zero_grad and the same backward give (Linear's are overwritten by a
+ * kernel of their own, the convolutions' zeroed and accumulated); a second backward
+ * without zeroing adds; a gradient read before any backward reads zero. */
+static void lazy_zero_grad_reads_as_zero_grad(void **state) {
+    (void)state;
+    graft_model *a = make(PLAIN32, 5, 1), *b = make(PLAIN32, 5, 1);
+    graft_model_set_training(a, 0);
+    graft_model_set_training(b, 0);
+    int64_t xs[4] = {3, 3, 32, 32}, gs[2] = {3, 5};
+    graft_tensor *x, *g;
+    assert_int_equal(graft_tensor_create(GRAFT_F32, 4, xs, &x), GRAFT_OK);
+    assert_int_equal(graft_tensor_create(GRAFT_F32, 2, gs, &g), GRAFT_OK);
+    for (int64_t i = 0; i < graft_tensor_numel(x); i++) ((float *)x->data)[i] = (float)((i * 37 % 101) - 50) / 50.0f;
+    for (int64_t i = 0; i < graft_tensor_numel(g); i++) ((float *)g->data)[i] = (float)((i * 13 % 7) - 3) / 3.0f;
+    const graft_tensor *y;
+    for (int pass = 0; pass < 2; pass++) { /* the first backward allocates, the second reuses */
+        graft_model_zero_grad(a);
+        graft_model_zero_grad_lazy(b);
+        if (pass == 1)
+            for (size_t i = 0; i < graft_model_state_size(b); i++) {
+                const char *name = graft_model_state_name(b, i);
+                graft_tensor *gb = graft_model_grad(b, name);
+                if (!gb) continue;
+                for (int64_t k = 0; k < graft_tensor_numel(gb); k++) assert_true(((float *)gb->data)[k] == 0.0f);
+                graft_model_zero_grad_lazy(b); /* reading settled them: make them lazy again */
+            }
+        for (int r = 0; r < 2; r++) { /* the second round accumulates */
+            assert_int_equal(graft_model_forward(a, x, &y), GRAFT_OK);
+            assert_int_equal(graft_model_backward(a, g, NULL), GRAFT_OK);
+            assert_int_equal(graft_model_forward(b, x, &y), GRAFT_OK);
+            assert_int_equal(graft_model_backward(b, g, NULL), GRAFT_OK);
+        }
+        for (size_t i = 0; i < graft_model_state_size(a); i++) {
+            const char *name = graft_model_state_name(a, i);
+            graft_tensor *ga = graft_model_grad(a, name), *gb = graft_model_grad(b, name);
+            assert_true((ga == NULL) == (gb == NULL));
+            if (!ga) continue;
+            double diff = 0, mag = 1e-30;
+            for (int64_t k = 0; k < graft_tensor_numel(ga); k++) {
+                double u = ((float *)ga->data)[k], v = ((float *)gb->data)[k];
+                diff = fmax(diff, fabs(u - v));
+                mag = fmax(mag, fabs(u));
+            }
+            if (diff / mag > 1e-5) fail_msg("%s: lazy and eager gradients differ by %.3g", name, diff / mag);
+        }
+    }
+    graft_tensor_free(x);
+    graft_tensor_free(g);
+    graft_model_free(a);
+    graft_model_free(b);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(zoo_models_print_exactly_as_torchvision),
         cmocka_unit_test(num_classes_10_prints_a_10_wide_head),
         cmocka_unit_test(custom_specs_print_exactly_as_torchvision),
+        cmocka_unit_test(lazy_zero_grad_reads_as_zero_grad),
         cmocka_unit_test(parameter_and_key_counts_match_torchvision),
         cmocka_unit_test(state_dict_names_order_dtypes_and_shapes_match),
         cmocka_unit_test(unknown_architecture_is_not_found_and_lists_the_zoo),
