@@ -5,10 +5,10 @@
  *
  * For each layer of the folded head (512 -> 4096, 4096 -> 4096, 4096 -> 10) and the
  * unfolded first layer (25088 -> 4096) it times, interleaved so load from other
- * processes hits all alike: the forward with the AVX-512 kernel and with OpenBLAS
- * (checking that they agree); the input gradient and the accumulated weight gradient
- * (OpenBLAS, the kernel Linear uses for them); and the weight gradient written whole,
- * as the trainer's lazily zeroed gradients take it, with each kernel.  GFLOP/s are
+ * processes hits all alike: the forward and the input gradient with the AVX-512 kernel
+ * and with OpenBLAS (checking that they agree); the weight gradient written whole, as
+ * the trainer's lazily zeroed gradients take it, with each kernel; and the accumulated
+ * weight gradient (OpenBLAS, the kernel Linear uses for it).  GFLOP/s are
  * 2 * n * in * out / median seconds.  The last line is "gflops_per_s N": the AVX-512
  * forward over the 4096 -> 4096 layer. */
 #define _POSIX_C_SOURCE 200809L
@@ -87,16 +87,17 @@ int main(int argc, char **argv) {
     }
     graft_set_num_threads(threads);
     printf("Linear, batch %d, %d threads, median of %d; GFLOP/s\n", batch, graft_num_threads(), iters);
-    printf("%-16s %15s %15s %15s %15s %15s %15s\n", "layer", "forward avx512", "forward BLAS", "dx BLAS",
-           "dw+= BLAS", "dw= avx512", "dw= BLAS");
+    printf("%-14s %13s %13s %13s %13s %13s %13s %13s\n", "layer", "fwd avx512", "fwd BLAS", "dx avx512", "dx BLAS",
+           "dw= avx512", "dw= BLAS", "dw+= BLAS");
     double big_gflops = 0, max_diff = 0;
     for (size_t l = 0; l < sizeof layers / sizeof layers[0]; l++) {
         int64_t in = layers[l][0], out = layers[l][1], n = batch;
         size_t nx = (size_t)(n * in), nw = (size_t)(in * out), ny = (size_t)(n * out);
         float *x = random_floats(nx, 1, 1.0f), *w = random_floats(nw, 2, 0.02f), *b = random_floats((size_t)out, 3, 0.1f);
         float *dy = random_floats(ny, 4, 1.0f);
-        float *y[2] = {zero_floats(ny), zero_floats(ny)}, *dx = zero_floats(nx), *dw = zero_floats(nw);
-        double t[6][MAX_ITERS + 1];
+        float *y[2] = {zero_floats(ny), zero_floats(ny)}, *dx[2] = {zero_floats(nx), zero_floats(nx)};
+        float *dw = zero_floats(nw);
+        double t[7][MAX_ITERS + 1];
         for (int it = 0; it <= iters; it++) { /* iteration 0 warms up */
             for (int kernel = 0; kernel < 2; kernel++) {
                 graft_linear_set_kernel(kernel == 0 ? GRAFT_LINEAR_AVX512 : GRAFT_LINEAR_BLAS);
@@ -104,12 +105,16 @@ int main(int argc, char **argv) {
                 graft_linear_forward(n, in, out, x, w, b, y[kernel]);
                 t[kernel][it] = graft_now_seconds() - t0;
             }
+            for (int kernel = 0; kernel < 2; kernel++) {
+                graft_linear_set_kernel(kernel == 0 ? GRAFT_LINEAR_AVX512 : GRAFT_LINEAR_BLAS);
+                double t0 = graft_now_seconds();
+                graft_linear_backward(n, in, out, x, w, dy, dx[kernel], NULL, NULL);
+                t[2 + kernel][it] = graft_now_seconds() - t0;
+            }
             graft_linear_set_kernel(GRAFT_LINEAR_AUTO);
             double t0 = graft_now_seconds();
-            graft_linear_backward(n, in, out, x, w, dy, dx, NULL, NULL);
-            double t1 = graft_now_seconds();
             graft_linear_backward(n, in, out, x, w, dy, NULL, dw, NULL);
-            t[2][it] = t1 - t0, t[3][it] = graft_now_seconds() - t1;
+            t[6][it] = graft_now_seconds() - t0;
             for (int kernel = 0; kernel < 2; kernel++) { /* dw written whole (after a lazy zero_grad) */
                 graft_linear_set_kernel(kernel == 0 ? GRAFT_LINEAR_AVX512 : GRAFT_LINEAR_BLAS);
                 t0 = graft_now_seconds();
@@ -118,16 +123,17 @@ int main(int argc, char **argv) {
             }
             graft_linear_set_kernel(GRAFT_LINEAR_AUTO);
         }
-        double flops = 2.0 * (double)n * (double)in * (double)out, g[6];
-        for (int k = 0; k < 6; k++) g[k] = flops / median(t[k] + 1, iters) / 1e9;
+        double flops = 2.0 * (double)n * (double)in * (double)out, g[7];
+        for (int k = 0; k < 7; k++) g[k] = flops / median(t[k] + 1, iters) / 1e9;
         if (in == 4096 && out == 4096) big_gflops = g[0];
         char name[32];
         snprintf(name, sizeof name, "%lld->%lld", (long long)in, (long long)out);
-        printf("%-16s %15.1f %15.1f %15.1f %15.1f %15.1f %15.1f\n", name, g[0], g[1], g[2], g[3], g[4], g[5]);
-        max_diff = fmax(max_diff, rel_diff(y[0], y[1], ny));
-        free(x), free(w), free(b), free(dy), free(y[0]), free(y[1]), free(dx), free(dw);
+        printf("%-14s %13.1f %13.1f %13.1f %13.1f %13.1f %13.1f %13.1f\n", name, g[0], g[1], g[2], g[3], g[4], g[5],
+               g[6]);
+        max_diff = fmax(max_diff, fmax(rel_diff(y[0], y[1], ny), rel_diff(dx[0], dx[1], nx)));
+        free(x), free(w), free(b), free(dy), free(y[0]), free(y[1]), free(dx[0]), free(dx[1]), free(dw);
     }
-    printf("largest relative difference between the two forwards: %.1e\n", max_diff);
+    printf("largest relative difference between the kernels (forward, dx): %.1e\n", max_diff);
     printf("gflops_per_s %.1f\n", big_gflops);
     graft_threads_shutdown();
     return 0;

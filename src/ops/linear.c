@@ -3,12 +3,12 @@
  * state dicts load without a transpose.
  *
  * Kernel choice (docs/performance.md, ops/linear_internal.h): for small batches the
- * forward, and the weight gradient when it is written whole (a gradient zeroed
- * lazily), take linear_avx512.c where the CPU has AVX-512F — on the recipe's
- * 64 x 4096 x 4096 products OpenBLAS's SGEMM spends much of its time packing the
- * weights, and with beta = 0 still clears the output in a pass of its own; larger
- * batches, small heads, other CPUs, the input gradient and accumulated weight gradients
- * take OpenBLAS's SGEMM split over graft's pool (ops/gemm.h). */
+ * forward, the input gradient, and the weight gradient when it is written whole (a
+ * gradient zeroed lazily) take linear_avx512.c where the CPU has AVX-512F — on the
+ * recipe's 64 x 4096 x 4096 products OpenBLAS's SGEMM spends much of its time packing
+ * the weights, and with beta = 0 still clears the output in a pass of its own; larger
+ * batches, small heads, other CPUs and accumulated weight gradients take OpenBLAS's
+ * SGEMM split over graft's pool (ops/gemm.h). */
 #include "ops/ops.h"
 
 #include "ops/gemm.h"
@@ -62,9 +62,10 @@ void graft_linear_backward(int64_t n, int64_t in, int64_t out, const float *x, c
 void graft_linear_backward_ex(int64_t n, int64_t in, int64_t out, const float *x, const float *w,
                               const float *dy, float *dx, float *dw, float *db, bool set_dw, bool set_db) {
     if (dx && in > 0 && n > 0) {
-        if (out > 0)
-            graft_sgemm(false, false, n, in, out, 1.0f, dy, out, w, in, 0.0f, dx, in);
-        else
+        if (out > 0) {
+            if (!(try_avx512(n, out) && graft_linear_input_grad_avx512(n, in, out, dy, w, dx)))
+                graft_sgemm(false, false, n, in, out, 1.0f, dy, out, w, in, 0.0f, dx, in);
+        } else
             for (int64_t i = 0; i < n * in; i++) dx[i] = 0.0f;
     }
     if (dw && in > 0 && out > 0) {

@@ -1,4 +1,4 @@
-/* linear_avx512.c — Linear's forward and weight gradient for small batches on AVX-512,
+/* linear_avx512.c — Linear's products for small batches on AVX-512,
  * on graft's pool.
  *
  * The recipe trains a classifier on batches of 64 rows against weights of 4096 x 4096
@@ -6,26 +6,27 @@
  * side the packing and the thin panels cost more than the arithmetic: OpenBLAS reaches
  * about a third of its peak on these shapes (docs/performance.md).
  *
- * Forward: the small operand (the batch) is packed instead and the weights are read in
- * place, once per 64 rows:
+ * Forward and input gradient: the small operand (the batch, or its gradient) is packed
+ * instead and the weights are read in place, once per 64 rows.  Both are
  *
- *   y [m, j] = sum_p x [m, p] w [j, p]  (+ b [j])
+ *   C [m, j] = sum_p A [m, p] w (j, p)  (+ b [j])
+ *     forward     A = x  [n, in],  j = output, p = input:   w (j, p) = w [j * in + p]
+ *     input grad  A = dy [n, out], j = input,  p = output:  w (j, p) = w [p * in + j]
  *
- *   for each chunk of 64 rows of x, for each block of PB inputs p:
- *       pack x [64, PB] transposed into xt [PB][64]        (zero rows past n)
- *       for each JR outputs:                                yt [JR, 64] += w [JR, PB] . xt
- *   write yt transposed into y, adding the bias
+ *   for each chunk of 64 rows of A, for each block of PB values of p:
+ *       pack A [64, PB] transposed into at [PB][64]        (zero rows past n)
+ *       for each JR outputs:                                ct [JR, 64] += w (JR, PB) . at
+ *   write ct transposed into C, adding the bias
  *
- * The micro-kernel keeps yt [6, 64] in 24 zmm registers, loads a row of xt (four
- * vectors) and broadcasts w [j, p] for its six outputs, six rows of the weight read
- * side by side.
+ * The micro-kernel keeps ct [6, 64] in 24 zmm registers, loads a row of at (four
+ * vectors) and broadcasts w (j, p) for its six outputs.
  *
  * Weight gradient written whole (dw = dy^T x into a gradient zeroed lazily, the
  * trainer's case): dy and x are packed into panels (6 columns of dy, 64 of x, the batch
  * along them); a 6 x 64 tile of dw is summed over the batch in registers and stored
  * once, so there is no pass of zeros and no read of dw (non-temporal stores measured no
- * faster).  Accumulated weight gradients and the input gradient stay with OpenBLAS:
- * kernels of this design measured no faster than SGEMM for them (docs/performance.md).
+ * faster).  Accumulated weight gradients stay with OpenBLAS: a kernel of this design
+ * measured no faster than SGEMM for them (docs/performance.md).
  *
  * Every output is summed in one order (p, or the batch, ascending from zero) with fused
  * multiply-adds, as a BLAS kernel would; tests hold the results to the double reference
@@ -47,10 +48,15 @@
 #define MV 4                  /* vectors of batch rows per tile */
 #define MB (MV * LANES)       /* batch rows per chunk: 64 */
 #define JR 6                  /* outputs per micro-kernel tile: 6 x 4 = 24 accumulators */
-/* Inputs per packed panel: 64 KiB of the batch, which stays in L2.  Measured on the
- * recipe's 4096 x 4096 layer (bench/linear_layers.c): 256 was fastest, 128 and 512
+/* Forward: inputs per packed panel, 64 KiB of the batch, which stays in L2.  Measured on
+ * the recipe's 4096 x 4096 layer (bench/linear_layers.c): 256 was fastest, 128 and 512
  * within 25 % (smaller panels reload the partial sums more often). */
 #define PB 256
+/* The input gradient reads the weight by columns, rows 4 * in bytes apart: its panels
+ * are short so that the PB_DX rows of the weight a tile walks stay in L1/L2 for the
+ * tiles beside it (a stride of a power of two maps them to few cache sets).  Measured
+ * 24..48 best, 256 25 % slower than OpenBLAS. */
+#define PB_DX 32
 #define ALIGN_BYTES 64
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(GRAFT_NO_AVX512)
@@ -73,84 +79,105 @@ bool graft_linear_avx512_available(void) {
 
 #if HAVE_AVX512_BUILD
 
-typedef struct forward_job {
-    int64_t n, in, out, tiles, slabs;
-    const float *x, *w, *b;
-    float *y;
-    float *scratch; /* a panel of PB x MB per slab, then the partial sums yt [out][MB] */
-} forward_job;
+/* C [m, j] = sum_p A [m, p] w (j, p) (+ b [j]), the weight read in place with strides:
+ *   forward     A = x  [n, in],  j = output, p = input:   w (j, p) = w [j * in + p]
+ *   input grad  A = dy [n, out], j = input,  p = output:  w (j, p) = w [p * in + j] */
+typedef struct product_job {
+    int64_t n, p, j, rs, cs, pb, tiles, slabs;
+    const float *a, *w, *b;
+    float *c;
+    float *scratch; /* a panel of pb x MB per slab, then the partial sums ct [j][MB] */
+} product_job;
 
-/* xt [pn][MB] = x [mn, pn]^T (row stride ldx), rows past mn zero. */
-static void pack_transposed(int64_t mn, int64_t pn, const float *x, int64_t ldx, float *xt) {
+/* at [pn][MB] = A [mn, pn]^T (row stride lda), rows past mn zero. */
+static void pack_transposed(int64_t mn, int64_t pn, const float *a, int64_t lda, float *at) {
     for (int64_t m = 0; m < mn; m++) {
-        const float *row = x + m * ldx;
-        for (int64_t p = 0; p < pn; p++) xt[p * MB + m] = row[p];
+        const float *row = a + m * lda;
+        for (int64_t p = 0; p < pn; p++) at[p * MB + m] = row[p];
     }
     for (int64_t m = mn; m < MB; m++)
-        for (int64_t p = 0; p < pn; p++) xt[p * MB + m] = 0.0f;
+        for (int64_t p = 0; p < pn; p++) at[p * MB + m] = 0.0f;
 }
 
-/* yt [jr][MB] (+)= sum_p w [j, p] xt [p][.] over pn inputs (weight rows ldw apart);
- * starts from zero when first. */
-AVX512_INLINE void forward_tile(int jr, bool first, int64_t pn, const float *w, int64_t ldw, const float *xt,
-                                float *yt) {
+/* ct [jr][MB] (+)= sum_p w [j * rs + p * cs] at [p][.] over pn values of p; starts from
+ * zero when first. */
+AVX512_INLINE void product_tile(int jr, bool first, int64_t pn, const float *w, int64_t rs, int64_t cs,
+                                const float *at, float *ct) {
     __m512 c[JR][MV];
     for (int j = 0; j < jr; j++)
-        for (int v = 0; v < MV; v++) c[j][v] = first ? _mm512_setzero_ps() : _mm512_load_ps(yt + j * MB + v * LANES);
+        for (int v = 0; v < MV; v++) c[j][v] = first ? _mm512_setzero_ps() : _mm512_load_ps(ct + j * MB + v * LANES);
     for (int64_t p = 0; p < pn; p++) {
-        const float *xp = xt + p * MB;
-        __m512 x0 = _mm512_load_ps(xp), x1 = _mm512_load_ps(xp + LANES), x2 = _mm512_load_ps(xp + 2 * LANES),
-               x3 = _mm512_load_ps(xp + 3 * LANES);
+        const float *ap = at + p * MB;
+        __m512 a0 = _mm512_load_ps(ap), a1 = _mm512_load_ps(ap + LANES), a2 = _mm512_load_ps(ap + 2 * LANES),
+               a3 = _mm512_load_ps(ap + 3 * LANES);
+        const float *wp = w + p * cs;
         for (int j = 0; j < jr; j++) {
-            __m512 wj = _mm512_set1_ps(w[j * ldw + p]);
-            c[j][0] = _mm512_fmadd_ps(wj, x0, c[j][0]);
-            c[j][1] = _mm512_fmadd_ps(wj, x1, c[j][1]);
-            c[j][2] = _mm512_fmadd_ps(wj, x2, c[j][2]);
-            c[j][3] = _mm512_fmadd_ps(wj, x3, c[j][3]);
+            __m512 wj = _mm512_set1_ps(wp[j * rs]);
+            c[j][0] = _mm512_fmadd_ps(wj, a0, c[j][0]);
+            c[j][1] = _mm512_fmadd_ps(wj, a1, c[j][1]);
+            c[j][2] = _mm512_fmadd_ps(wj, a2, c[j][2]);
+            c[j][3] = _mm512_fmadd_ps(wj, a3, c[j][3]);
         }
     }
     for (int j = 0; j < jr; j++)
-        for (int v = 0; v < MV; v++) _mm512_store_ps(yt + j * MB + v * LANES, c[j][v]);
+        for (int v = 0; v < MV; v++) _mm512_store_ps(ct + j * MB + v * LANES, c[j][v]);
 }
 
 /* One call per tile width, so each keeps its accumulators in registers. */
-AVX512 static void forward_tile_any(int jr, bool first, int64_t pn, const float *w, int64_t ldw, const float *xt,
-                                    float *yt) {
+AVX512 static void product_tile_any(int jr, bool first, int64_t pn, const float *w, int64_t rs, int64_t cs,
+                                    const float *at, float *ct) {
     switch (jr) {
-    case 6: forward_tile(6, first, pn, w, ldw, xt, yt); break;
-    case 5: forward_tile(5, first, pn, w, ldw, xt, yt); break;
-    case 4: forward_tile(4, first, pn, w, ldw, xt, yt); break;
-    case 3: forward_tile(3, first, pn, w, ldw, xt, yt); break;
-    case 2: forward_tile(2, first, pn, w, ldw, xt, yt); break;
-    default: forward_tile(1, first, pn, w, ldw, xt, yt); break;
+    case 6: product_tile(6, first, pn, w, rs, cs, at, ct); break;
+    case 5: product_tile(5, first, pn, w, rs, cs, at, ct); break;
+    case 4: product_tile(4, first, pn, w, rs, cs, at, ct); break;
+    case 3: product_tile(3, first, pn, w, rs, cs, at, ct); break;
+    case 2: product_tile(2, first, pn, w, rs, cs, at, ct); break;
+    default: product_tile(1, first, pn, w, rs, cs, at, ct); break;
     }
 }
 
 /* Slab s: the outputs of tiles [tiles * s / slabs, tiles * (s + 1) / slabs). */
-static void forward_slab(void *arg, int64_t begin, int64_t end) {
-    const forward_job *jb = arg;
+static void product_slab(void *arg, int64_t begin, int64_t end) {
+    const product_job *jb = arg;
     for (int64_t s = begin; s < end; s++) {
         int64_t jlo = jb->tiles * s / jb->slabs * JR, jhi = jb->tiles * (s + 1) / jb->slabs * JR;
-        if (jhi > jb->out) jhi = jb->out;
+        if (jhi > jb->j) jhi = jb->j;
         if (jlo >= jhi) continue;
-        float *xt = jb->scratch + s * PB * MB;
-        float *yt = jb->scratch + jb->slabs * PB * MB + jlo * MB;
+        float *at = jb->scratch + s * jb->pb * MB;
+        float *ct = jb->scratch + jb->slabs * jb->pb * MB + jlo * MB;
         for (int64_t m0 = 0; m0 < jb->n; m0 += MB) {
             int64_t mn = jb->n - m0 < MB ? jb->n - m0 : MB;
-            for (int64_t p0 = 0; p0 < jb->in; p0 += PB) {
-                int64_t pn = jb->in - p0 < PB ? jb->in - p0 : PB;
-                pack_transposed(mn, pn, jb->x + m0 * jb->in + p0, jb->in, xt);
+            for (int64_t p0 = 0; p0 < jb->p; p0 += jb->pb) {
+                int64_t pn = jb->p - p0 < jb->pb ? jb->p - p0 : jb->pb;
+                pack_transposed(mn, pn, jb->a + m0 * jb->p + p0, jb->p, at);
                 for (int64_t j0 = jlo; j0 < jhi; j0 += JR) {
                     int jr = jhi - j0 < JR ? (int)(jhi - j0) : JR;
-                    forward_tile_any(jr, p0 == 0, pn, jb->w + j0 * jb->in + p0, jb->in, xt, yt + (j0 - jlo) * MB);
+                    product_tile_any(jr, p0 == 0, pn, jb->w + j0 * jb->rs + p0 * jb->cs, jb->rs, jb->cs, at,
+                                     ct + (j0 - jlo) * MB);
                 }
             }
             for (int64_t m = 0; m < mn; m++) {
-                float *row = jb->y + (m0 + m) * jb->out;
-                for (int64_t j = jlo; j < jhi; j++) row[j] = yt[(j - jlo) * MB + m] + (jb->b ? jb->b[j] : 0.0f);
+                float *row = jb->c + (m0 + m) * jb->j;
+                for (int64_t j = jlo; j < jhi; j++) row[j] = ct[(j - jlo) * MB + m] + (jb->b ? jb->b[j] : 0.0f);
             }
         }
     }
+}
+
+static bool product(int64_t n, int64_t p, int64_t j, const float *a, const float *w, int64_t rs, int64_t cs,
+                    int64_t pb, const float *b, float *c) {
+    int64_t tiles = (j + JR - 1) / JR;
+    int64_t slabs = graft_num_threads();
+    if (slabs > tiles) slabs = tiles;
+    if (slabs < 1) slabs = 1;
+    size_t floats = (size_t)(slabs * pb * MB + tiles * JR * MB);
+    float *scratch = aligned_alloc(ALIGN_BYTES, floats * sizeof(float)); /* a multiple of 64 bytes */
+    if (!scratch) return false;
+    product_job jb = {.n = n, .p = p, .j = j, .rs = rs, .cs = cs, .pb = pb, .tiles = tiles, .slabs = slabs,
+                      .a = a, .w = w, .b = b, .c = c, .scratch = scratch};
+    graft_parallel_for(slabs, 1, product_slab, &jb);
+    free(scratch);
+    return true;
 }
 
 /* ---- weight gradient: dw [o, k] = sum_m dy [m, o] x [m, k] ------------------------- */
@@ -241,20 +268,20 @@ bool graft_linear_forward_avx512(int64_t n, int64_t in, int64_t out, const float
                                  const float *b, float *y) {
 #if HAVE_AVX512_BUILD
     if (!graft_linear_avx512_available() || n <= 0 || in <= 0 || out <= 0) return false;
-    int64_t tiles = (out + JR - 1) / JR;
-    int64_t slabs = graft_num_threads();
-    if (slabs > tiles) slabs = tiles;
-    if (slabs < 1) slabs = 1;
-    size_t floats = (size_t)(slabs * PB * MB + tiles * JR * MB);
-    float *scratch = aligned_alloc(ALIGN_BYTES, floats * sizeof(float)); /* a multiple of 64 bytes */
-    if (!scratch) return false;
-    forward_job jb = {.n = n, .in = in, .out = out, .tiles = tiles, .slabs = slabs, .x = x, .w = w, .b = b,
-                      .y = y, .scratch = scratch};
-    graft_parallel_for(slabs, 1, forward_slab, &jb);
-    free(scratch);
-    return true;
+    return product(n, in, out, x, w, in, 1, PB, b, y);
 #else
     (void)n, (void)in, (void)out, (void)x, (void)w, (void)b, (void)y;
+    return false;
+#endif
+}
+
+bool graft_linear_input_grad_avx512(int64_t n, int64_t in, int64_t out, const float *dy, const float *w,
+                                    float *dx) {
+#if HAVE_AVX512_BUILD
+    if (!graft_linear_avx512_available() || n <= 0 || in <= 0 || out <= 0) return false;
+    return product(n, out, in, dy, w, 1, in, PB_DX, NULL, dx);
+#else
+    (void)n, (void)in, (void)out, (void)dy, (void)w, (void)dx;
     return false;
 #endif
 }

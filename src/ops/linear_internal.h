@@ -1,15 +1,16 @@
 /* linear_internal.h — the kernels behind graft_linear_* and the knob only tests and
  * benchmarks touch.
  *
- * Two kernels compute Linear's forward, y = x w^T + b, and its weight gradient when it
- * is written whole (dw = dy^T x, graft_linear_backward_ex with set_dw):
+ * Two kernels compute Linear's forward, y = x w^T + b, its input gradient dx = dy w,
+ * and its weight gradient when it is written whole (dw = dy^T x,
+ * graft_linear_backward_ex with set_dw):
  *   BLAS    OpenBLAS's SGEMM over graft's pool (ops/gemm.h);
  *   AVX512  linear_avx512.c, for small batches (the trainer's 64 rows against weights of
  *           4096 x 4096), on CPUs with AVX-512F.
  * GRAFT_LINEAR_AUTO picks AVX512 where the CPU has it, the batch is at most
  * GRAFT_LINEAR_AVX512_MAX_ROWS rows and there are at least GRAFT_LINEAR_AVX512_MIN_OUT
- * outputs (measured faster there, docs/performance.md), else BLAS.  The input gradient,
- * and weight gradients added to a running sum, always take BLAS. */
+ * outputs (measured faster there, docs/performance.md), else BLAS.  Weight gradients
+ * added to a running sum always take BLAS. */
 #ifndef GRAFT_OPS_LINEAR_INTERNAL_H
 #define GRAFT_OPS_LINEAR_INTERNAL_H
 
@@ -43,6 +44,9 @@ bool graft_linear_avx512_available(void);
  * BLAS path. */
 bool graft_linear_forward_avx512(int64_t n, int64_t in, int64_t out, const float *x, const float *w,
                                  const float *b, float *y);
+/* dy [n, out], w [out, in] -> dx [n, in] = dy w, the same way. */
+bool graft_linear_input_grad_avx512(int64_t n, int64_t in, int64_t out, const float *dy, const float *w,
+                                    float *dx);
 /* dy [n, out], x [n, in] -> dw [out, in] = dy^T x (overwritten, every element), the same
  * way. */
 bool graft_linear_weight_grad_avx512(int64_t n, int64_t in, int64_t out, const float *dy, const float *x,

@@ -199,9 +199,9 @@ static void test_fast_forward_without_bias_matches_reference(void **state) {
     check_fast_forward(0);
 }
 
-/* The AVX-512 forward splits outputs over threads, never a sum: one thread and three
- * give the same bits. */
-static void test_avx512_forward_is_the_same_for_any_thread_count(void **state) {
+/* The AVX-512 kernels split outputs over threads, never a sum: one thread and three
+ * give the same bits (forward, input gradient, weight gradient written whole). */
+static void test_avx512_kernels_are_the_same_for_any_thread_count(void **state) {
     (void)state;
     if (!graft_linear_avx512_available()) {
         print_message("no AVX-512F on this CPU: skipped\n");
@@ -212,48 +212,56 @@ static void test_avx512_forward_is_the_same_for_any_thread_count(void **state) {
     problem p = make_problem(s, 1500);
     float *x = tu_to_float(p.x, s.n * s.in), *w = tu_to_float(p.w, s.out * s.in), *b = tu_to_float(p.b, s.out);
     float *y1 = float_filled(s.n * s.out, NAN), *y3 = float_filled(s.n * s.out, NAN);
+    float *dy = tu_to_float(p.gy, s.n * s.out);
+    float *dx1 = float_filled(s.n * s.in, NAN), *dx3 = float_filled(s.n * s.in, NAN);
+    float *dw1 = float_filled(s.out * s.in, NAN), *dw3 = float_filled(s.out * s.in, NAN);
     assert_int_equal(graft_set_num_threads(1), GRAFT_OK);
     graft_linear_forward(s.n, s.in, s.out, x, w, b, y1);
+    graft_linear_backward_ex(s.n, s.in, s.out, x, w, dy, dx1, dw1, NULL, true, false);
     assert_int_equal(graft_set_num_threads(3), GRAFT_OK);
     graft_linear_forward(s.n, s.in, s.out, x, w, b, y3);
+    graft_linear_backward_ex(s.n, s.in, s.out, x, w, dy, dx3, dw3, NULL, true, false);
     assert_memory_equal(y1, y3, (size_t)(s.n * s.out) * sizeof(float));
+    assert_memory_equal(dx1, dx3, (size_t)(s.n * s.in) * sizeof(float));
+    assert_memory_equal(dw1, dw3, (size_t)(s.out * s.in) * sizeof(float));
+    free(dy), free(dx1), free(dx3), free(dw1), free(dw3);
     graft_linear_set_kernel(GRAFT_LINEAR_AUTO);
     free(x), free(w), free(b), free(y1), free(y3);
     free_problem(&p);
 }
 
+/* Every shape with each kernel (the AVX-512 one computes dx here; dw accumulates, so
+ * BLAS takes it). */
 static void test_fast_backward_matches_reference(void **state) {
     (void)state;
-    for (int i = 0; i < COUNT(fast_shapes); i++) {
-        shape s = fast_shapes[i];
-        problem p = make_problem(s, 300 + (uint64_t)i);
-        float *x = tu_to_float(p.x, s.n * s.in), *w = tu_to_float(p.w, s.out * s.in);
-        float *dy = tu_to_float(p.gy, s.n * s.out);
-        float *dx = float_filled(s.n * s.in, NAN), *dw = float_zeros(s.out * s.in);
-        float *db = float_zeros(s.out);
-        graft_linear_backward(s.n, s.in, s.out, x, w, dy, dx, dw, db);
-        double *rdx = zeros(s.n * s.in), *rdw = zeros(s.out * s.in), *rdb = zeros(s.out);
-        graft_ref_linear_backward(s.n, s.in, s.out, p.x, p.w, p.gy, rdx, rdw, rdb);
-        double ex = tu_rel_err_fd(dx, rdx, s.n * s.in, 1e-6);
-        double ew = tu_rel_err_fd(dw, rdw, s.out * s.in, 1e-6);
-        double eb = tu_rel_err_fd(db, rdb, s.out, 1e-6);
-        report("fast dx", i, ex);
-        report("fast dw", i, ew);
-        report("fast db", i, eb);
-        assert_true(ex <= FAST_TOL);
-        assert_true(ew <= FAST_TOL);
-        assert_true(eb <= FAST_TOL);
-        free(x);
-        free(w);
-        free(dy);
-        free(dx);
-        free(dw);
-        free(db);
-        free(rdx);
-        free(rdw);
-        free(rdb);
-        free_problem(&p);
+    static const graft_linear_kernel kernels[] = {GRAFT_LINEAR_AUTO, GRAFT_LINEAR_BLAS, GRAFT_LINEAR_AVX512};
+    for (int k = 0; k < COUNT(kernels); k++) {
+        if (kernels[k] == GRAFT_LINEAR_AVX512 && !graft_linear_avx512_available()) continue;
+        graft_linear_set_kernel(kernels[k]);
+        for (int i = 0; i < COUNT(fast_shapes); i++) {
+            shape s = fast_shapes[i];
+            problem p = make_problem(s, 300 + (uint64_t)i);
+            float *x = tu_to_float(p.x, s.n * s.in), *w = tu_to_float(p.w, s.out * s.in);
+            float *dy = tu_to_float(p.gy, s.n * s.out);
+            float *dx = float_filled(s.n * s.in, NAN), *dw = float_zeros(s.out * s.in);
+            float *db = float_zeros(s.out);
+            graft_linear_backward(s.n, s.in, s.out, x, w, dy, dx, dw, db);
+            double *rdx = zeros(s.n * s.in), *rdw = zeros(s.out * s.in), *rdb = zeros(s.out);
+            graft_ref_linear_backward(s.n, s.in, s.out, p.x, p.w, p.gy, rdx, rdw, rdb);
+            double ex = tu_rel_err_fd(dx, rdx, s.n * s.in, 1e-6);
+            double ew = tu_rel_err_fd(dw, rdw, s.out * s.in, 1e-6);
+            double eb = tu_rel_err_fd(db, rdb, s.out, 1e-6);
+            report("fast dx", i, ex);
+            report("fast dw", i, ew);
+            report("fast db", i, eb);
+            assert_true(ex <= FAST_TOL);
+            assert_true(ew <= FAST_TOL);
+            assert_true(eb <= FAST_TOL);
+            free(x), free(w), free(dy), free(dx), free(dw), free(db), free(rdx), free(rdw), free(rdb);
+            free_problem(&p);
+        }
     }
+    graft_linear_set_kernel(GRAFT_LINEAR_AUTO);
 }
 
 /* ---- gradient conventions --------------------------------------------------- */
@@ -470,7 +478,7 @@ int main(void) {
         cmocka_unit_test(test_ref_db_matches_finite_differences),
         cmocka_unit_test(test_fast_forward_matches_reference),
         cmocka_unit_test(test_fast_forward_without_bias_matches_reference),
-        cmocka_unit_test(test_avx512_forward_is_the_same_for_any_thread_count),
+        cmocka_unit_test(test_avx512_kernels_are_the_same_for_any_thread_count),
         cmocka_unit_test(test_fast_backward_matches_reference),
         cmocka_unit_test(test_fast_backward_accumulates_dw_and_db),
         cmocka_unit_test(test_backward_set_overwrites_dw_and_db),
