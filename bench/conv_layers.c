@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "bench_util.h"
 #include "core/clock.h"
 #include "core/ctx.h"
 #include "core/threads.h"
@@ -25,27 +26,6 @@
 #include "ops/ops.h"
 
 #define MAX_ITERS 64
-
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static double median(double *t, int n) {
-    qsort(t, (size_t)n, sizeof *t, cmp_double);
-    return t[n / 2];
-}
-
-static float *random_floats(size_t n, unsigned seed, float scale) {
-    float *f = malloc(n * sizeof *f);
-    if (!f) {
-        fprintf(stderr, "out of memory\n");
-        exit(1);
-    }
-    srand(seed);
-    for (size_t i = 0; i < n; i++) f[i] = scale * ((float)rand() / (float)RAND_MAX * 2.0f - 1.0f);
-    return f;
-}
 
 /* VGG16's distinct convolutions: in channels, out channels, input size divisor. */
 static const int layers[][3] = {{3, 64, 1},    {64, 64, 1},   {64, 128, 2},  {128, 128, 2}, {128, 256, 4},

@@ -35,6 +35,7 @@
 #include <string.h>
 
 #include "core/error.h"
+#include "core/cpu.h"
 #include "core/threads.h"
 
 #define MR 8          /* rows of W (output channels) per micro-kernel */
@@ -55,7 +56,7 @@
 #define LANES 16
 #define CACHE_LINE_FLOATS 16
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(GRAFT_NO_AVX512)
+#if GRAFT_HAVE_AVX512_BUILD
 #define HAVE_AVX512_BUILD 1
 #include <immintrin.h>
 #define AVX512 __attribute__((target("avx512f")))
@@ -63,14 +64,7 @@
 #define HAVE_AVX512_BUILD 0
 #endif
 
-bool graft_conv2d_avx512_available(void) {
-#if HAVE_AVX512_BUILD
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f");
-#else
-    return false;
-#endif
-}
+bool graft_conv2d_avx512_available(void) { return graft_cpu_avx512f(); }
 
 /* Offsets into the input are int32 (gather indices); the whole input must fit. */
 bool graft_conv2d_avx512_fits(const graft_conv2d_geom *g) {

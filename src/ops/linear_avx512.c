@@ -41,6 +41,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/cpu.h"
 #include "core/threads.h"
 #include "graft/graft.h"
 
@@ -59,7 +60,7 @@
 #define PB_DX 32
 #define ALIGN_BYTES 64
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(GRAFT_NO_AVX512)
+#if GRAFT_HAVE_AVX512_BUILD
 #define HAVE_AVX512_BUILD 1
 #include <immintrin.h>
 #define AVX512 __attribute__((target("avx512f")))
@@ -68,14 +69,7 @@
 #define HAVE_AVX512_BUILD 0
 #endif
 
-bool graft_linear_avx512_available(void) {
-#if HAVE_AVX512_BUILD
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f");
-#else
-    return false;
-#endif
-}
+bool graft_linear_avx512_available(void) { return graft_cpu_avx512f(); }
 
 #if HAVE_AVX512_BUILD
 

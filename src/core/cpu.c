@@ -1,0 +1,11 @@
+/* cpu.c — the run-time check behind cpu.h. */
+#include "core/cpu.h"
+
+bool graft_cpu_avx512f(void) {
+#if GRAFT_HAVE_AVX512_BUILD
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f");
+#else
+    return false;
+#endif
+}
