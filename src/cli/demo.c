@@ -229,7 +229,12 @@ int cmd_demo(int argc, char **argv) {
             o.freeze = optarg;
             break;
         case O_TRANSFORM: o.transform = optarg; break;
-        case O_SCHEDULE: o.schedule = optarg; break;
+        case O_SCHEDULE: {
+            bool cosine[GRAFT_DEMO_METHODS];
+            if (graft_demo_parse_schedules(optarg, cosine)) return cli_usage("demo", "%s", graft_errmsg());
+            o.schedule = optarg;
+            break;
+        }
         case O_EVAL_LIMIT:
             if (cli_parse_i64(optarg, 1, INT64_MAX, &o.eval_limit)) return cli_usage("demo", "--eval-limit: '%s' is not a positive integer", optarg);
             break;

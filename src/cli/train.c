@@ -19,6 +19,7 @@
 
 #include "cli/cli.h"
 #include "core/clock.h"
+#include "train/schedule.h"
 
 #define MAX_FREEZE 64
 #define PLAIN_PROGRESS_SECONDS 5.0
@@ -223,7 +224,12 @@ int cmd_train(int argc, char **argv) {
             break;
         }
         case O_EPS: if (parse_real("--eps", optarg, 0, 1, &c.eps)) return CLI_EXIT_USAGE; break;
-        case O_SCHEDULE: c.schedule = optarg; break;
+        case O_SCHEDULE: {
+            graft_schedule sched;
+            if (graft_schedule_parse(optarg, &sched)) return cli_usage("train", "--schedule: %s", graft_errmsg());
+            c.schedule = optarg;
+            break;
+        }
         case O_SMOOTH: if (parse_real("--label-smoothing", optarg, 0, 1, &c.label_smoothing)) return CLI_EXIT_USAGE; break;
         case O_MAX_STEPS:
             if (cli_parse_i64(optarg, 1, INT64_MAX, &c.max_steps))

@@ -173,7 +173,7 @@ typedef struct demo {
 } demo;
 
 /* "cosine" or "constant" for every method, or three of them separated by commas. */
-static graft_status parse_schedules(const char *spec, bool *cosine) {
+graft_status graft_demo_parse_schedules(const char *spec, bool cosine[GRAFT_DEMO_METHODS]) {
     const char *p = spec;
     for (int m = 0; m < GRAFT_DEMO_METHODS; m++) {
         size_t n = strcspn(p, ",");
@@ -563,7 +563,7 @@ graft_status graft_demo_run(const graft_demo_options *o, const graft_demo_callba
     if (strcmp(o->freeze, "features") && strcmp(o->freeze, "trunk"))
         return graft_error(GRAFT_ERR_INVALID, "--freeze must be 'features' or 'trunk', not '%s'", o->freeze);
     demo d = {.o = o, .cb = cb};
-    graft_status s = parse_schedules(o->schedule, d.cosine);
+    graft_status s = graft_demo_parse_schedules(o->schedule, d.cosine);
     if (s) return s;
     graft_model *source = NULL;
     graft_checkpoint_meta meta;

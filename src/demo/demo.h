@@ -27,6 +27,7 @@
 #ifndef GRAFT_DEMO_DEMO_H
 #define GRAFT_DEMO_DEMO_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "graft/graft.h"
@@ -111,6 +112,11 @@ typedef struct graft_demo_callbacks {
  * (K-named subfolders when sweeping), results.tsv (k, seed, method, accuracy,
  * train_seconds per line) and report.html.  callbacks may be NULL. */
 graft_status graft_demo_run(const graft_demo_options *o, const graft_demo_callbacks *cb, graft_demo_result *r);
+
+/* Reads --schedule's value ("cosine" or "constant" for every method, or one per method
+ * separated by commas) into cosine[]; GRAFT_ERR_INVALID with a one-line message naming
+ * the value otherwise.  graft_demo_run reads o->schedule with it. */
+graft_status graft_demo_parse_schedules(const char *spec, bool cosine[GRAFT_DEMO_METHODS]);
 void graft_demo_result_release(graft_demo_result *r);
 
 /* The method of run with the highest accuracy (the first on ties). */

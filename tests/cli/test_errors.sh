@@ -242,6 +242,22 @@ rc=0
 [[ $(cat "$WORK/keep.safetensors") == 'previous contents' ]] ||
     fail "forward_keeps_old_output: the existing output file was changed"
 
+# ---- option values ---------------------------------------------------------------
+
+# A bad --schedule is a usage error (status 2), named before any work starts.
+expect_error train_bad_schedule --schedule bogus -- train --model "$PLAIN" --data "tensors:$IO_PLAIN" \
+    --out "$OUTDIR/run" --schedule bogus
+expect_error train_bad_schedule_field --schedule step_size -- train --model "$PLAIN" --data "tensors:$IO_PLAIN" \
+    --out "$OUTDIR/run" --schedule step:step_size=0
+expect_error demo_bad_schedule --schedule cosine,bogus -- demo --out "$OUTDIR/demo" --schedule cosine,bogus
+for args in "train --model $PLAIN --data tensors:$IO_PLAIN --out $OUTDIR/run --schedule bogus" \
+    "demo --out $OUTDIR/demo --schedule cosine,bogus"; do
+    rc=0
+    # shellcheck disable=SC2086  # the words of args are the arguments
+    "$GRAFT_BIN" $args >/dev/null 2>&1 || rc=$?
+    ((rc == 2)) || fail "bad_schedule: 'graft $args' exited with status $rc, not 2 (usage)"
+done
+
 # ---- the command itself --------------------------------------------------------
 
 # An unknown command is a usage error: its first stderr line names it (the usage follows).
