@@ -19,6 +19,7 @@
 
 #include "bench_util.h"
 #include "core/clock.h"
+#include "core/ctx.h"
 #include "core/threads.h"
 #include "ops/linear_internal.h"
 #include "ops/ops.h"
@@ -66,6 +67,8 @@ int main(int argc, char **argv) {
         return 1;
     }
     graft_set_num_threads(threads);
+    graft_ctx ctx;
+    graft_ctx_init(&ctx, 1);
     printf("Linear, batch %d, %d threads, median of %d; GFLOP/s\n", batch, graft_num_threads(), iters);
     printf("%-14s %13s %13s %13s %13s %13s %13s %13s\n", "layer", "fwd avx512", "fwd BLAS", "dx avx512", "dx BLAS",
            "dw= avx512", "dw= BLAS", "dw+= BLAS");
@@ -82,23 +85,23 @@ int main(int argc, char **argv) {
             for (int kernel = 0; kernel < 2; kernel++) {
                 graft_linear_set_kernel(kernel == 0 ? GRAFT_LINEAR_AVX512 : GRAFT_LINEAR_BLAS);
                 double t0 = graft_now_seconds();
-                graft_linear_forward(n, in, out, x, w, b, y[kernel]);
+                graft_linear_forward(&ctx, n, in, out, x, w, b, y[kernel]);
                 t[kernel][it] = graft_now_seconds() - t0;
             }
             for (int kernel = 0; kernel < 2; kernel++) {
                 graft_linear_set_kernel(kernel == 0 ? GRAFT_LINEAR_AVX512 : GRAFT_LINEAR_BLAS);
                 double t0 = graft_now_seconds();
-                graft_linear_backward(n, in, out, x, w, dy, dx[kernel], NULL, NULL);
+                graft_linear_backward(&ctx, n, in, out, x, w, dy, dx[kernel], NULL, NULL);
                 t[2 + kernel][it] = graft_now_seconds() - t0;
             }
             graft_linear_set_kernel(GRAFT_LINEAR_AUTO);
             double t0 = graft_now_seconds();
-            graft_linear_backward(n, in, out, x, w, dy, NULL, dw, NULL);
+            graft_linear_backward(&ctx, n, in, out, x, w, dy, NULL, dw, NULL);
             t[6][it] = graft_now_seconds() - t0;
             for (int kernel = 0; kernel < 2; kernel++) { /* dw written whole (after a lazy zero_grad) */
                 graft_linear_set_kernel(kernel == 0 ? GRAFT_LINEAR_AVX512 : GRAFT_LINEAR_BLAS);
                 t0 = graft_now_seconds();
-                graft_linear_backward_ex(n, in, out, x, w, dy, NULL, dw, NULL, true, false);
+                graft_linear_backward_ex(&ctx, n, in, out, x, w, dy, NULL, dw, NULL, true, false);
                 t[4 + kernel][it] = graft_now_seconds() - t0;
             }
             graft_linear_set_kernel(GRAFT_LINEAR_AUTO);
@@ -115,6 +118,7 @@ int main(int argc, char **argv) {
     }
     printf("largest relative difference between the kernels (forward, dx): %.1e\n", max_diff);
     printf("gflops_per_s %.1f\n", big_gflops);
+    graft_ctx_release(&ctx);
     graft_threads_shutdown();
     return 0;
 }

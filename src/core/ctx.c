@@ -24,7 +24,8 @@ float *graft_ctx_workspace(graft_ctx *ctx, size_t n) {
         return NULL;
     }
     free(ctx->workspace);
-    ctx->workspace = malloc(n * sizeof(float));
+    size_t bytes = (n * sizeof(float) + GRAFT_CTX_ALIGN - 1) / GRAFT_CTX_ALIGN * GRAFT_CTX_ALIGN;
+    ctx->workspace = bytes >= n * sizeof(float) ? aligned_alloc(GRAFT_CTX_ALIGN, bytes) : NULL;
     ctx->workspace_floats = ctx->workspace ? n : 0;
     if (!ctx->workspace) graft_error(GRAFT_ERR_NOMEM, "out of memory for %zu floats of workspace", n);
     return ctx->workspace;

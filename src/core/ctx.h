@@ -17,8 +17,11 @@ typedef struct graft_ctx {
 
 void graft_ctx_init(graft_ctx *ctx, uint64_t seed);
 void graft_ctx_release(graft_ctx *ctx);
-/* Scratch of at least n floats, contents undefined; NULL (with the error set) when
- * the allocation fails.  Valid until the next call. */
+/* Bytes the workspace is aligned to: a cache line, a whole AVX-512 vector. */
+#define GRAFT_CTX_ALIGN 64
+
+/* Scratch of at least n floats aligned to GRAFT_CTX_ALIGN bytes, contents undefined;
+ * NULL (with the error set) when the allocation fails.  Valid until the next call. */
 float *graft_ctx_workspace(graft_ctx *ctx, size_t n);
 
 #endif

@@ -155,20 +155,18 @@ static graft_status linear_check(graft_module *m, const graft_tensor *x) {
 }
 
 static graft_status linear_forward(graft_module *m, graft_ctx *ctx, graft_tensor *in, graft_tensor **out) {
-    (void)ctx;
     graft_status s = linear_check(m, in);
     if (s) return s;
     const graft_tensor *w = &m->params[0].value;
     int64_t n = in->shape[0], nin = w->shape[1], nout = w->shape[0];
     if ((s = resize2(&m->out, n, nout))) return s;
     const float *b = m->nparams > 1 ? m->params[1].value.data : NULL;
-    graft_linear_forward(n, nin, nout, in->data, w->data, b, m->out.data);
+    graft_linear_forward(ctx, n, nin, nout, in->data, w->data, b, m->out.data);
     *out = &m->out;
     return GRAFT_OK;
 }
 
 static graft_status linear_backward(graft_module *m, graft_ctx *ctx, graft_tensor *dy, graft_tensor **dx) {
-    (void)ctx;
     const graft_tensor *w = &m->params[0].value;
     int64_t n = m->in->shape[0], nin = w->shape[1], nout = w->shape[0];
     float *g[2] = {NULL, NULL}, *dxp = NULL;
@@ -181,7 +179,7 @@ static graft_status linear_backward(graft_module *m, graft_ctx *ctx, graft_tenso
         dxp = m->dx.data;
         *dx = &m->dx;
     }
-    graft_linear_backward_ex(n, nin, nout, m->in->data, w->data, dy->data, dxp, g[0], g[1], set[0], set[1]);
+    graft_linear_backward_ex(ctx, n, nin, nout, m->in->data, w->data, dy->data, dxp, g[0], g[1], set[0], set[1]);
     return GRAFT_OK;
 }
 

@@ -31,10 +31,10 @@ static bool try_avx512(int64_t n, int64_t out) {
 /* ---- forward -------------------------------------------------------------- */
 
 /* x [n, in], w [out, in], b [out] or NULL -> y [n, out] */
-void graft_linear_forward(int64_t n, int64_t in, int64_t out, const float *x, const float *w,
+void graft_linear_forward(graft_ctx *ctx, int64_t n, int64_t in, int64_t out, const float *x, const float *w,
                           const float *b, float *y) {
     if (n <= 0 || out <= 0) return;
-    if (in > 0 && try_avx512(n, out) && graft_linear_forward_avx512(n, in, out, x, w, b, y)) return;
+    if (in > 0 && try_avx512(n, out) && graft_linear_forward_avx512(ctx, n, in, out, x, w, b, y)) return;
     float beta = 0.0f;
     if (b) { /* start y at the bias and let the GEMM add onto it */
         for (int64_t i = 0; i < n; i++)
@@ -54,16 +54,16 @@ void graft_linear_forward(int64_t n, int64_t in, int64_t out, const float *x, co
 /* x [n, in], w [out, in], dy [n, out] ->
  *   dx [n, in] = dy w (overwritten), dw [out, in] += dy^T x, db [out] += sum_i dy[i];
  *   NULL skips. */
-void graft_linear_backward(int64_t n, int64_t in, int64_t out, const float *x, const float *w,
+void graft_linear_backward(graft_ctx *ctx, int64_t n, int64_t in, int64_t out, const float *x, const float *w,
                            const float *dy, float *dx, float *dw, float *db) {
-    graft_linear_backward_ex(n, in, out, x, w, dy, dx, dw, db, false, false);
+    graft_linear_backward_ex(ctx, n, in, out, x, w, dy, dx, dw, db, false, false);
 }
 
-void graft_linear_backward_ex(int64_t n, int64_t in, int64_t out, const float *x, const float *w,
+void graft_linear_backward_ex(graft_ctx *ctx, int64_t n, int64_t in, int64_t out, const float *x, const float *w,
                               const float *dy, float *dx, float *dw, float *db, bool set_dw, bool set_db) {
     if (dx && in > 0 && n > 0) {
         if (out > 0) {
-            if (!(try_avx512(n, out) && graft_linear_input_grad_avx512(n, in, out, dy, w, dx)))
+            if (!(try_avx512(n, out) && graft_linear_input_grad_avx512(ctx, n, in, out, dy, w, dx)))
                 graft_sgemm(false, false, n, in, out, 1.0f, dy, out, w, in, 0.0f, dx, in);
         } else
             for (int64_t i = 0; i < n * in; i++) dx[i] = 0.0f;
@@ -72,7 +72,7 @@ void graft_linear_backward_ex(int64_t n, int64_t in, int64_t out, const float *x
         if (n <= 0) { /* an empty batch: nothing to add, zeros to set */
             if (set_dw)
                 for (int64_t i = 0; i < out * in; i++) dw[i] = 0.0f;
-        } else if (!(set_dw && try_avx512(n, out) && graft_linear_weight_grad_avx512(n, in, out, dy, x, dw))) {
+        } else if (!(set_dw && try_avx512(n, out) && graft_linear_weight_grad_avx512(ctx, n, in, out, dy, x, dw))) {
             graft_sgemm(true, false, out, in, n, 1.0f, dy, out, x, in, set_dw ? 0.0f : 1.0f, dw, in);
         }
     }

@@ -38,7 +38,6 @@
  * -DGRAFT_NO_AVX512 leaves it out and Linear takes the BLAS path. */
 #include "ops/linear_internal.h"
 
-#include <stdlib.h>
 #include <string.h>
 
 #include "core/cpu.h"
@@ -58,7 +57,6 @@
  * tiles beside it (a stride of a power of two maps them to few cache sets).  Measured
  * 24..48 best, 256 25 % slower than OpenBLAS. */
 #define PB_DX 32
-#define ALIGN_BYTES 64
 
 #if GRAFT_HAVE_AVX512_BUILD
 #define HAVE_AVX512_BUILD 1
@@ -158,19 +156,19 @@ static void product_slab(void *arg, int64_t begin, int64_t end) {
     }
 }
 
-static bool product(int64_t n, int64_t p, int64_t j, const float *a, const float *w, int64_t rs, int64_t cs,
+static bool product(graft_ctx *ctx, int64_t n, int64_t p, int64_t j, const float *a, const float *w, int64_t rs,
+                    int64_t cs,
                     int64_t pb, const float *b, float *c) {
     int64_t tiles = (j + JR - 1) / JR;
     int64_t slabs = graft_num_threads();
     if (slabs > tiles) slabs = tiles;
     if (slabs < 1) slabs = 1;
     size_t floats = (size_t)(slabs * pb * MB + tiles * JR * MB);
-    float *scratch = aligned_alloc(ALIGN_BYTES, floats * sizeof(float)); /* a multiple of 64 bytes */
+    float *scratch = graft_ctx_workspace(ctx, floats); /* aligned to a cache line */
     if (!scratch) return false;
     product_job jb = {.n = n, .p = p, .j = j, .rs = rs, .cs = cs, .pb = pb, .tiles = tiles, .slabs = slabs,
                       .a = a, .w = w, .b = b, .c = c, .scratch = scratch};
     graft_parallel_for(slabs, 1, product_slab, &jb);
-    free(scratch);
     return true;
 }
 
@@ -258,29 +256,29 @@ static void wgrad_slab(void *arg, int64_t begin, int64_t end) {
 
 /* ---- entry points --------------------------------------------------------------------- */
 
-bool graft_linear_forward_avx512(int64_t n, int64_t in, int64_t out, const float *x, const float *w,
+bool graft_linear_forward_avx512(graft_ctx *ctx, int64_t n, int64_t in, int64_t out, const float *x, const float *w,
                                  const float *b, float *y) {
 #if HAVE_AVX512_BUILD
     if (!graft_linear_avx512_available() || n <= 0 || in <= 0 || out <= 0) return false;
-    return product(n, in, out, x, w, in, 1, PB, b, y);
+    return product(ctx, n, in, out, x, w, in, 1, PB, b, y);
 #else
-    (void)n, (void)in, (void)out, (void)x, (void)w, (void)b, (void)y;
+    (void)ctx, (void)n, (void)in, (void)out, (void)x, (void)w, (void)b, (void)y;
     return false;
 #endif
 }
 
-bool graft_linear_input_grad_avx512(int64_t n, int64_t in, int64_t out, const float *dy, const float *w,
+bool graft_linear_input_grad_avx512(graft_ctx *ctx, int64_t n, int64_t in, int64_t out, const float *dy, const float *w,
                                     float *dx) {
 #if HAVE_AVX512_BUILD
     if (!graft_linear_avx512_available() || n <= 0 || in <= 0 || out <= 0) return false;
-    return product(n, out, in, dy, w, 1, in, PB_DX, NULL, dx);
+    return product(ctx, n, out, in, dy, w, 1, in, PB_DX, NULL, dx);
 #else
-    (void)n, (void)in, (void)out, (void)dy, (void)w, (void)dx;
+    (void)ctx, (void)n, (void)in, (void)out, (void)dy, (void)w, (void)dx;
     return false;
 #endif
 }
 
-bool graft_linear_weight_grad_avx512(int64_t n, int64_t in, int64_t out, const float *dy, const float *x,
+bool graft_linear_weight_grad_avx512(graft_ctx *ctx, int64_t n, int64_t in, int64_t out, const float *dy, const float *x,
                                      float *dw) {
 #if HAVE_AVX512_BUILD
     if (!graft_linear_avx512_available() || n <= 0 || in <= 0 || out <= 0) return false;
@@ -289,7 +287,7 @@ bool graft_linear_weight_grad_avx512(int64_t n, int64_t in, int64_t out, const f
     if (slabs > otiles) slabs = otiles;
     if (slabs < 1) slabs = 1;
     int64_t dy_floats = (otiles * n * OR + LANES - 1) / LANES * LANES; /* keeps xp aligned */
-    float *scratch = aligned_alloc(ALIGN_BYTES, (size_t)(dy_floats + panels * n * MB) * sizeof(float));
+    float *scratch = graft_ctx_workspace(ctx, (size_t)(dy_floats + panels * n * MB));
     if (!scratch) return false;
     float *dyt = scratch, *xp = scratch + dy_floats;
     for (int64_t t = 0; t < otiles; t++)
@@ -305,10 +303,9 @@ bool graft_linear_weight_grad_avx512(int64_t n, int64_t in, int64_t out, const f
         }
     wgrad_job jb = {.n = n, .in = in, .out = out, .otiles = otiles, .slabs = slabs, .dyt = dyt, .xp = xp, .dw = dw};
     graft_parallel_for(slabs, 1, wgrad_slab, &jb);
-    free(scratch);
     return true;
 #else
-    (void)n, (void)in, (void)out, (void)dy, (void)x, (void)dw;
+    (void)ctx, (void)n, (void)in, (void)out, (void)dy, (void)x, (void)dw;
     return false;
 #endif
 }

@@ -17,6 +17,8 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "core/ctx.h"
+
 /* Under AUTO the AVX-512 kernel takes batches of up to MAX_ROWS rows into at least
  * MIN_OUT outputs (a 10-class head is faster with BLAS). */
 #define GRAFT_LINEAR_AVX512_MAX_ROWS 128
@@ -39,17 +41,17 @@ void graft_linear_set_kernel(graft_linear_kernel k);
 bool graft_linear_avx512_available(void);
 
 /* x [n, in], w [out, in], b [out] or NULL -> y [n, out] = x w^T + b, threaded on
- * graft's pool.  Returns false, having written nothing, when it cannot run (no
- * AVX-512, an empty product, no memory for its scratch); the caller then takes the
- * BLAS path. */
-bool graft_linear_forward_avx512(int64_t n, int64_t in, int64_t out, const float *x, const float *w,
+ * graft's pool, its scratch from ctx's workspace.  Returns false, having written
+ * nothing, when it cannot run (no AVX-512, an empty product, no memory for its
+ * scratch); the caller then takes the BLAS path. */
+bool graft_linear_forward_avx512(graft_ctx *ctx, int64_t n, int64_t in, int64_t out, const float *x, const float *w,
                                  const float *b, float *y);
 /* dy [n, out], w [out, in] -> dx [n, in] = dy w, the same way. */
-bool graft_linear_input_grad_avx512(int64_t n, int64_t in, int64_t out, const float *dy, const float *w,
+bool graft_linear_input_grad_avx512(graft_ctx *ctx, int64_t n, int64_t in, int64_t out, const float *dy, const float *w,
                                     float *dx);
 /* dy [n, out], x [n, in] -> dw [out, in] = dy^T x (overwritten, every element), the same
  * way. */
-bool graft_linear_weight_grad_avx512(int64_t n, int64_t in, int64_t out, const float *dy, const float *x,
+bool graft_linear_weight_grad_avx512(graft_ctx *ctx, int64_t n, int64_t in, int64_t out, const float *dy, const float *x,
                                      float *dw);
 
 #endif

@@ -46,15 +46,16 @@ void graft_ref_conv2d_backward(const graft_conv2d_geom *g, const double *x, cons
                                const double *dy, double *dx, double *dw, double *db);
 
 /* ---- Linear (linear.c) ---------------------------------------------------- */
-/* x [n, in], w [out, in], b [out] or NULL, y [n, out]:  y = x w^T + b */
+/* x [n, in], w [out, in], b [out] or NULL, y [n, out]:  y = x w^T + b.  ctx lends the
+ * small-batch kernels their scratch. */
 
-void graft_linear_forward(int64_t n, int64_t in, int64_t out, const float *x, const float *w,
+void graft_linear_forward(graft_ctx *ctx, int64_t n, int64_t in, int64_t out, const float *x, const float *w,
                           const float *b, float *y);
-void graft_linear_backward(int64_t n, int64_t in, int64_t out, const float *x, const float *w,
+void graft_linear_backward(graft_ctx *ctx, int64_t n, int64_t in, int64_t out, const float *x, const float *w,
                            const float *dy, float *dx, float *dw, float *db);
 /* As graft_linear_backward, but dw (when set_dw) and db (when set_db) are overwritten
  * with the batch's gradient instead of accumulated: for gradients known to be zero. */
-void graft_linear_backward_ex(int64_t n, int64_t in, int64_t out, const float *x, const float *w,
+void graft_linear_backward_ex(graft_ctx *ctx, int64_t n, int64_t in, int64_t out, const float *x, const float *w,
                               const float *dy, float *dx, float *dw, float *db, bool set_dw, bool set_db);
 void graft_ref_linear_forward(int64_t n, int64_t in, int64_t out, const double *x,
                               const double *w, const double *b, double *y);

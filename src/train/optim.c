@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/cpu.h"
 #include "core/error.h"
 #include "core/threads.h"
 #include "nn/model.h"
@@ -337,10 +338,11 @@ static inline void sgd_loop(const update *u, int64_t begin, int64_t end, const b
 }
 
 /* The update loops are memory-bound at AVX-512's width but not at the baseline ISA's
- * (fma_f's double arithmetic two lanes at a time): on x86-64 with GCC they are also
- * compiled for AVX-512 and chosen at load time (ifunc).  Both clones do the same float
- * and double operations element by element, so they give the same bits. */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(GRAFT_NO_AVX512)
+ * (fma_f's double arithmetic two lanes at a time): built with GCC for x86-64 they are
+ * also compiled for AVX-512 and chosen at load time (ifunc; clang's builds keep one
+ * version).  Both clones do the same float and double operations element by element,
+ * so they give the same bits. */
+#if GRAFT_HAVE_AVX512_BUILD && !defined(__clang__)
 #define UPDATE_CLONES __attribute__((target_clones("default", "avx512f")))
 #else
 #define UPDATE_CLONES

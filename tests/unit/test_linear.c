@@ -10,6 +10,7 @@
 
 #include <cmocka.h>
 
+#include "core/ctx.h"
 #include "core/rng.h"
 #include "core/threads.h"
 #include "graft/graft.h"
@@ -46,6 +47,9 @@ static const shape fast_shapes[] = {
 };
 
 #define COUNT(a) ((int)(sizeof(a) / sizeof((a)[0])))
+
+/* Scratch for the fast paths, as a model's context lends it. */
+static graft_ctx ctx;
 
 typedef struct problem {
     shape s;
@@ -155,29 +159,39 @@ static void test_ref_db_matches_finite_differences(void **state) {
     gradcheck_all(WRT_B);
 }
 
+/* The kernels every fast-path test runs with, in turn. */
+static const graft_linear_kernel kernels[] = {GRAFT_LINEAR_AUTO, GRAFT_LINEAR_BLAS, GRAFT_LINEAR_AVX512};
+static const char *const kernel_names[] = {"auto", "blas", "avx512"};
+#define NKERNELS COUNT(kernels)
+
+/* Selects kernels[k] for the calls that follow; false (and a note) where this CPU
+ * cannot run it. */
+static bool use_kernel(int k) {
+    if (kernels[k] == GRAFT_LINEAR_AVX512 && !graft_linear_avx512_available()) {
+        print_message("no AVX-512F on this CPU: the AVX-512 kernels are not exercised\n");
+        return false;
+    }
+    graft_linear_set_kernel(kernels[k]);
+    return true;
+}
+
 /* ---- fast path against the reference --------------------------------------- */
 
 /* Every shape with each forward kernel (AUTO, BLAS, and AVX-512 where the CPU has it). */
 static void check_fast_forward(int with_bias) {
-    static const graft_linear_kernel kernels[] = {GRAFT_LINEAR_AUTO, GRAFT_LINEAR_BLAS, GRAFT_LINEAR_AVX512};
-    static const char *const names[] = {"auto", "blas", "avx512"};
-    for (int k = 0; k < COUNT(kernels); k++) {
-        if (kernels[k] == GRAFT_LINEAR_AVX512 && !graft_linear_avx512_available()) {
-            print_message("no AVX-512F on this CPU: the AVX-512 forward is not exercised\n");
-            continue;
-        }
-        graft_linear_set_kernel(kernels[k]);
+    for (int k = 0; k < NKERNELS; k++) {
+        if (!use_kernel(k)) continue;
         for (int i = 0; i < COUNT(fast_shapes); i++) {
             shape s = fast_shapes[i];
             problem p = make_problem(s, 200 + (uint64_t)i);
             float *x = tu_to_float(p.x, s.n * s.in), *w = tu_to_float(p.w, s.out * s.in);
             float *b = tu_to_float(p.b, s.out);
             float *y = float_filled(s.n * s.out, NAN); /* every element must be written */
-            graft_linear_forward(s.n, s.in, s.out, x, w, with_bias ? b : NULL, y);
+            graft_linear_forward(&ctx, s.n, s.in, s.out, x, w, with_bias ? b : NULL, y);
             graft_ref_linear_forward(s.n, s.in, s.out, p.x, p.w, with_bias ? p.b : NULL, p.y);
             double err = tu_rel_err_fd(y, p.y, s.n * s.out, 1e-6);
             if (getenv("GRAFT_TEST_VERBOSE"))
-                print_message("  %s forward%s, shape %d: %.3g\n", names[k], with_bias ? "" : ", no bias", i, err);
+                print_message("  %s forward%s, shape %d: %.3g\n", kernel_names[k], with_bias ? "" : ", no bias", i, err);
             assert_true(err <= FAST_TOL);
             free(x);
             free(w);
@@ -216,11 +230,11 @@ static void test_avx512_kernels_are_the_same_for_any_thread_count(void **state) 
     float *dx1 = float_filled(s.n * s.in, NAN), *dx3 = float_filled(s.n * s.in, NAN);
     float *dw1 = float_filled(s.out * s.in, NAN), *dw3 = float_filled(s.out * s.in, NAN);
     assert_int_equal(graft_set_num_threads(1), GRAFT_OK);
-    graft_linear_forward(s.n, s.in, s.out, x, w, b, y1);
-    graft_linear_backward_ex(s.n, s.in, s.out, x, w, dy, dx1, dw1, NULL, true, false);
+    graft_linear_forward(&ctx, s.n, s.in, s.out, x, w, b, y1);
+    graft_linear_backward_ex(&ctx, s.n, s.in, s.out, x, w, dy, dx1, dw1, NULL, true, false);
     assert_int_equal(graft_set_num_threads(3), GRAFT_OK);
-    graft_linear_forward(s.n, s.in, s.out, x, w, b, y3);
-    graft_linear_backward_ex(s.n, s.in, s.out, x, w, dy, dx3, dw3, NULL, true, false);
+    graft_linear_forward(&ctx, s.n, s.in, s.out, x, w, b, y3);
+    graft_linear_backward_ex(&ctx, s.n, s.in, s.out, x, w, dy, dx3, dw3, NULL, true, false);
     assert_memory_equal(y1, y3, (size_t)(s.n * s.out) * sizeof(float));
     assert_memory_equal(dx1, dx3, (size_t)(s.n * s.in) * sizeof(float));
     assert_memory_equal(dw1, dw3, (size_t)(s.out * s.in) * sizeof(float));
@@ -234,10 +248,8 @@ static void test_avx512_kernels_are_the_same_for_any_thread_count(void **state) 
  * BLAS takes it). */
 static void test_fast_backward_matches_reference(void **state) {
     (void)state;
-    static const graft_linear_kernel kernels[] = {GRAFT_LINEAR_AUTO, GRAFT_LINEAR_BLAS, GRAFT_LINEAR_AVX512};
-    for (int k = 0; k < COUNT(kernels); k++) {
-        if (kernels[k] == GRAFT_LINEAR_AVX512 && !graft_linear_avx512_available()) continue;
-        graft_linear_set_kernel(kernels[k]);
+    for (int k = 0; k < NKERNELS; k++) {
+        if (!use_kernel(k)) continue;
         for (int i = 0; i < COUNT(fast_shapes); i++) {
             shape s = fast_shapes[i];
             problem p = make_problem(s, 300 + (uint64_t)i);
@@ -245,7 +257,7 @@ static void test_fast_backward_matches_reference(void **state) {
             float *dy = tu_to_float(p.gy, s.n * s.out);
             float *dx = float_filled(s.n * s.in, NAN), *dw = float_zeros(s.out * s.in);
             float *db = float_zeros(s.out);
-            graft_linear_backward(s.n, s.in, s.out, x, w, dy, dx, dw, db);
+            graft_linear_backward(&ctx, s.n, s.in, s.out, x, w, dy, dx, dw, db);
             double *rdx = zeros(s.n * s.in), *rdw = zeros(s.out * s.in), *rdb = zeros(s.out);
             graft_ref_linear_backward(s.n, s.in, s.out, p.x, p.w, p.gy, rdx, rdw, rdb);
             double ex = tu_rel_err_fd(dx, rdx, s.n * s.in, 1e-6);
@@ -296,17 +308,15 @@ static void fast_run_free(fast_run *r) {
  * batch sets them to zero. */
 static void test_backward_set_overwrites_dw_and_db(void **state) {
     (void)state;
-    static const graft_linear_kernel kernels[] = {GRAFT_LINEAR_AUTO, GRAFT_LINEAR_BLAS, GRAFT_LINEAR_AVX512};
-    for (int k = 0; k < COUNT(kernels); k++) {
-        if (kernels[k] == GRAFT_LINEAR_AVX512 && !graft_linear_avx512_available()) continue;
-        graft_linear_set_kernel(kernels[k]);
+    for (int k = 0; k < NKERNELS; k++) {
+        if (!use_kernel(k)) continue;
         for (int i = 0; i < COUNT(fast_shapes); i++) {
             shape s = fast_shapes[i];
             problem p = make_problem(s, 1600 + (uint64_t)i);
             float *x = tu_to_float(p.x, s.n * s.in), *w = tu_to_float(p.w, s.out * s.in);
             float *dy = tu_to_float(p.gy, s.n * s.out);
             float *dw = float_filled(s.out * s.in, NAN), *db = float_filled(s.out, NAN);
-            graft_linear_backward_ex(s.n, s.in, s.out, x, w, dy, NULL, dw, db, true, true);
+            graft_linear_backward_ex(&ctx, s.n, s.in, s.out, x, w, dy, NULL, dw, db, true, true);
             double *rdw = zeros(s.out * s.in), *rdb = zeros(s.out);
             graft_ref_linear_backward(s.n, s.in, s.out, p.x, p.w, p.gy, NULL, rdw, rdb);
             double ew = tu_rel_err_fd(dw, rdw, s.out * s.in, 1e-6), eb = tu_rel_err_fd(db, rdb, s.out, 1e-6);
@@ -315,7 +325,7 @@ static void test_backward_set_overwrites_dw_and_db(void **state) {
             assert_true(eb <= FAST_TOL);
             /* set only dw: db still accumulates */
             for (int64_t o = 0; o < s.out; o++) db[o] = 1.0f;
-            graft_linear_backward_ex(s.n, s.in, s.out, x, w, dy, NULL, dw, db, true, false);
+            graft_linear_backward_ex(&ctx, s.n, s.in, s.out, x, w, dy, NULL, dw, db, true, false);
             for (int64_t o = 0; o < s.out; o++) rdb[o] += 1.0;
             assert_true(tu_rel_err_fd(db, rdb, s.out, 1e-6) <= FAST_TOL);
             assert_true(tu_rel_err_fd(dw, rdw, s.out * s.in, 1e-6) <= FAST_TOL);
@@ -323,7 +333,7 @@ static void test_backward_set_overwrites_dw_and_db(void **state) {
             free_problem(&p);
         }
         float dw0[6] = {NAN, NAN, NAN, NAN, NAN, NAN}, db0[2] = {NAN, NAN};
-        graft_linear_backward_ex(0, 3, 2, NULL, NULL, NULL, NULL, dw0, db0, true, true);
+        graft_linear_backward_ex(&ctx, 0, 3, 2, NULL, NULL, NULL, NULL, dw0, db0, true, true);
         for (int j = 0; j < 6; j++) assert_true(dw0[j] == 0.0f);
         assert_true(db0[0] == 0.0f && db0[1] == 0.0f);
     }
@@ -335,9 +345,9 @@ static void test_fast_backward_accumulates_dw_and_db(void **state) {
     shape s = convention_shape;
     problem p = make_problem(s, 400);
     fast_run once = fast_run_new(&p), twice = fast_run_new(&p);
-    graft_linear_backward(s.n, s.in, s.out, once.x, once.w, once.dy, once.dx, once.dw, once.db);
+    graft_linear_backward(&ctx, s.n, s.in, s.out, once.x, once.w, once.dy, once.dx, once.dw, once.db);
     for (int call = 0; call < 2; call++)
-        graft_linear_backward(s.n, s.in, s.out, twice.x, twice.w, twice.dy, twice.dx, twice.dw,
+        graft_linear_backward(&ctx, s.n, s.in, s.out, twice.x, twice.w, twice.dy, twice.dx, twice.dw,
                               twice.db);
     for (int64_t i = 0; i < s.out * s.in; i++) once.dw[i] *= 2;
     for (int64_t i = 0; i < s.out; i++) once.db[i] *= 2;
@@ -354,9 +364,9 @@ static void test_fast_backward_overwrites_dx(void **state) {
     problem p = make_problem(s, 500);
     fast_run once = fast_run_new(&p), twice = fast_run_new(&p);
     for (int64_t i = 0; i < s.n * s.in; i++) once.dx[i] = NAN;
-    graft_linear_backward(s.n, s.in, s.out, once.x, once.w, once.dy, once.dx, NULL, NULL);
+    graft_linear_backward(&ctx, s.n, s.in, s.out, once.x, once.w, once.dy, once.dx, NULL, NULL);
     for (int call = 0; call < 2; call++)
-        graft_linear_backward(s.n, s.in, s.out, twice.x, twice.w, twice.dy, twice.dx, NULL,
+        graft_linear_backward(&ctx, s.n, s.in, s.out, twice.x, twice.w, twice.dy, twice.dx, NULL,
                               NULL);
     assert_memory_equal(twice.dx, once.dx, (size_t)(s.n * s.in) * sizeof(float));
     fast_run_free(&once);
@@ -369,11 +379,11 @@ static void test_fast_backward_null_arguments_skip(void **state) {
     shape s = convention_shape;
     problem p = make_problem(s, 600);
     fast_run all = fast_run_new(&p), part = fast_run_new(&p);
-    graft_linear_backward(s.n, s.in, s.out, all.x, all.w, all.dy, all.dx, all.dw, all.db);
-    graft_linear_backward(s.n, s.in, s.out, part.x, part.w, part.dy, part.dx, NULL, NULL);
-    graft_linear_backward(s.n, s.in, s.out, part.x, part.w, part.dy, NULL, part.dw, NULL);
-    graft_linear_backward(s.n, s.in, s.out, part.x, part.w, part.dy, NULL, NULL, part.db);
-    graft_linear_backward(s.n, s.in, s.out, part.x, part.w, part.dy, NULL, NULL, NULL);
+    graft_linear_backward(&ctx, s.n, s.in, s.out, all.x, all.w, all.dy, all.dx, all.dw, all.db);
+    graft_linear_backward(&ctx, s.n, s.in, s.out, part.x, part.w, part.dy, part.dx, NULL, NULL);
+    graft_linear_backward(&ctx, s.n, s.in, s.out, part.x, part.w, part.dy, NULL, part.dw, NULL);
+    graft_linear_backward(&ctx, s.n, s.in, s.out, part.x, part.w, part.dy, NULL, NULL, part.db);
+    graft_linear_backward(&ctx, s.n, s.in, s.out, part.x, part.w, part.dy, NULL, NULL, NULL);
     assert_memory_equal(part.dx, all.dx, (size_t)(s.n * s.in) * sizeof(float));
     assert_memory_equal(part.dw, all.dw, (size_t)(s.out * s.in) * sizeof(float));
     assert_memory_equal(part.db, all.db, (size_t)s.out * sizeof(float));
@@ -440,8 +450,8 @@ static fast_run run_with_threads(const problem *p, int threads, float **y) {
     fast_run r = fast_run_new(p);
     float *b = tu_to_float(p->b, s.out);
     *y = float_filled(s.n * s.out, NAN);
-    graft_linear_forward(s.n, s.in, s.out, r.x, r.w, b, *y);
-    graft_linear_backward(s.n, s.in, s.out, r.x, r.w, r.dy, r.dx, r.dw, r.db);
+    graft_linear_forward(&ctx, s.n, s.in, s.out, r.x, r.w, b, *y);
+    graft_linear_backward(&ctx, s.n, s.in, s.out, r.x, r.w, r.dy, r.dx, r.dw, r.db);
     free(b);
     return r;
 }
@@ -472,6 +482,7 @@ static void test_split_gemm_matches_one_thread(void **state) {
 
 int main(void) {
     graft_set_num_threads(3); /* BLAS threads split even on a one-core runner */
+    graft_ctx_init(&ctx, 0);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_ref_dx_matches_finite_differences),
         cmocka_unit_test(test_ref_dw_matches_finite_differences),
@@ -489,6 +500,7 @@ int main(void) {
         cmocka_unit_test(test_split_gemm_matches_one_thread),
     };
     int failed = cmocka_run_group_tests(tests, NULL, NULL);
+    graft_ctx_release(&ctx);
     graft_threads_shutdown();
     return failed;
 }
