@@ -245,11 +245,48 @@ static int64_t bin_end(int64_t i, int64_t in, int64_t out) {
     return ((i + 1) * in + out - 1) / out;
 }
 
+/* The bins are planned once per call: [start, end) of every output row and column, and
+ * whether every bin holds a single input (the replication VGG16's avgpool does on small
+ * images, 1x1 -> 7x7, and the identity at 224x224), where the mean is that input itself:
+ * x / 1 / 1 is x exactly, so the copy gives the same bits as the division. Larger outputs
+ * than AVG_PLAN_MAX plan nothing and compute each bin where it is used. */
+#define AVG_PLAN_MAX 256
+
 typedef struct avgpool_args {
     int64_t h, w, oh, ow;
     const float *x, *dy;
     float *y, *dx;
+    int planned, single;
+    int32_t h0[AVG_PLAN_MAX], h1[AVG_PLAN_MAX], w0[AVG_PLAN_MAX], w1[AVG_PLAN_MAX];
 } avgpool_args;
+
+static void avgpool_plan(avgpool_args *a) {
+    a->planned = a->oh <= AVG_PLAN_MAX && a->ow <= AVG_PLAN_MAX;
+    a->single = 0;
+    if (!a->planned) return;
+    int single = 1;
+    for (int64_t i = 0; i < a->oh; i++) {
+        a->h0[i] = (int32_t)bin_start(i, a->h, a->oh);
+        a->h1[i] = (int32_t)bin_end(i, a->h, a->oh);
+        single &= a->h1[i] - a->h0[i] == 1;
+    }
+    for (int64_t j = 0; j < a->ow; j++) {
+        a->w0[j] = (int32_t)bin_start(j, a->w, a->ow);
+        a->w1[j] = (int32_t)bin_end(j, a->w, a->ow);
+        single &= a->w1[j] - a->w0[j] == 1;
+    }
+    a->single = single;
+}
+
+static void avgpool_bin(const avgpool_args *a, int64_t i, int64_t j, int64_t *h0, int64_t *h1,
+                        int64_t *w0, int64_t *w1) {
+    if (a->planned) {
+        *h0 = a->h0[i], *h1 = a->h1[i], *w0 = a->w0[j], *w1 = a->w1[j];
+    } else {
+        *h0 = bin_start(i, a->h, a->oh), *h1 = bin_end(i, a->h, a->oh);
+        *w0 = bin_start(j, a->w, a->ow), *w1 = bin_end(j, a->w, a->ow);
+    }
+}
 
 static void avgpool_forward_planes(void *arg, int64_t begin, int64_t end) {
     const avgpool_args *a = arg;
@@ -257,10 +294,15 @@ static void avgpool_forward_planes(void *arg, int64_t begin, int64_t end) {
     for (int64_t p = begin; p < end; p++) {
         const float *xp = a->x + p * h * w;
         float *yp = a->y + p * oh * ow;
+        if (a->single) {
+            for (int64_t i = 0; i < oh; i++)
+                for (int64_t j = 0; j < ow; j++) yp[i * ow + j] = xp[a->h0[i] * w + a->w0[j]];
+            continue;
+        }
         for (int64_t i = 0; i < oh; i++) {
-            int64_t h0 = bin_start(i, h, oh), h1 = bin_end(i, h, oh);
             for (int64_t j = 0; j < ow; j++) {
-                int64_t w0 = bin_start(j, w, ow), w1 = bin_end(j, w, ow);
+                int64_t h0, h1, w0, w1;
+                avgpool_bin(a, i, j, &h0, &h1, &w0, &w1);
                 float sum = 0.0f;
                 for (int64_t ih = h0; ih < h1; ih++)
                     for (int64_t iw = w0; iw < w1; iw++) sum += xp[ih * w + iw];
@@ -275,6 +317,7 @@ static void avgpool_forward_planes(void *arg, int64_t begin, int64_t end) {
 void graft_adaptive_avgpool2d_forward(int64_t n, int64_t c, int64_t h, int64_t w, int64_t oh,
                                       int64_t ow, const float *x, float *y) {
     avgpool_args a = {.h = h, .w = w, .oh = oh, .ow = ow, .x = x, .y = y};
+    avgpool_plan(&a);
     graft_parallel_for(n * c, POOL_MIN_PLANES, avgpool_forward_planes, &a);
 }
 
@@ -286,9 +329,9 @@ static void avgpool_backward_planes(void *arg, int64_t begin, int64_t end) {
         const float *dyp = a->dy + p * oh * ow;
         memset(dxp, 0, (size_t)(h * w) * sizeof *dxp);
         for (int64_t i = 0; i < oh; i++) {
-            int64_t h0 = bin_start(i, h, oh), h1 = bin_end(i, h, oh);
             for (int64_t j = 0; j < ow; j++) {
-                int64_t w0 = bin_start(j, w, ow), w1 = bin_end(j, w, ow);
+                int64_t h0, h1, w0, w1;
+                avgpool_bin(a, i, j, &h0, &h1, &w0, &w1);
                 float share = dyp[i * ow + j] / (float)(h1 - h0) / (float)(w1 - w0);
                 for (int64_t ih = h0; ih < h1; ih++)
                     for (int64_t iw = w0; iw < w1; iw++) dxp[ih * w + iw] += share;
@@ -302,6 +345,7 @@ void graft_adaptive_avgpool2d_backward(int64_t n, int64_t c, int64_t h, int64_t 
                                        int64_t ow, const float *dy, float *dx) {
     if (!dx) return;
     avgpool_args a = {.h = h, .w = w, .oh = oh, .ow = ow, .dy = dy, .dx = dx};
+    avgpool_plan(&a);
     graft_parallel_for(n * c, POOL_MIN_PLANES, avgpool_backward_planes, &a);
 }
 

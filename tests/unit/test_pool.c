@@ -358,8 +358,11 @@ static void ref_adaptive_avgpool_backward_matches_finite_differences(void **stat
 
 static void adaptive_avgpool_fast_matches_reference(void **state) {
     (void)state;
-    const int64_t shapes[4][4] = {{1, 1, 7, 7}, {2, 2, 7, 7}, {13, 11, 7, 7}, {14, 14, 7, 7}};
-    for (int s = 0; s < 4; s++) {
+    /* single-input bins (1x1 replicated, the identity), overlapping, uneven and larger
+     * bins, and an output too wide for the planned bins (ow > 256) */
+    const int64_t shapes[][4] = {{1, 1, 7, 7}, {7, 7, 7, 7},    {2, 2, 7, 7},
+                                 {13, 11, 7, 7}, {14, 14, 7, 7}, {5, 600, 2, 257}};
+    for (int s = 0; s < (int)(sizeof shapes / sizeof shapes[0]); s++) {
         int64_t n = 3, c = 6, h = shapes[s][0], w = shapes[s][1], oh = shapes[s][2],
                 ow = shapes[s][3];
         int64_t nx = n * c * h * w, ny = n * c * oh * ow;
