@@ -69,15 +69,21 @@ static graft_status conv_geom(graft_module *m, const graft_tensor *x, graft_conv
     return GRAFT_OK;
 }
 
-static graft_status conv_forward(graft_module *m, graft_ctx *ctx, graft_tensor *in, graft_tensor **out) {
+/* The forward, with the ReLU that follows applied to the output when relu is set. */
+static graft_status conv_run(graft_module *m, graft_ctx *ctx, graft_tensor *in, bool relu, graft_tensor **out) {
     graft_conv2d_geom g;
     graft_status s = conv_geom(m, in, &g);
     if (s) return s;
+    g.relu = relu;
     if ((s = resize4(&m->out, g.n, g.oc, g.oh, g.ow))) return s;
     const float *b = m->nparams > 1 ? m->params[1].value.data : NULL;
     if ((s = graft_conv2d_forward(ctx, &g, in->data, m->params[0].value.data, b, m->out.data))) return s;
     *out = &m->out;
     return GRAFT_OK;
+}
+
+static graft_status conv_forward(graft_module *m, graft_ctx *ctx, graft_tensor *in, graft_tensor **out) {
+    return conv_run(m, ctx, in, false, out);
 }
 
 static graft_status conv_backward(graft_module *m, graft_ctx *ctx, graft_tensor *dy, graft_tensor **dx) {
@@ -660,11 +666,37 @@ graft_module *graft_flatten_new(void) { return graft_module_new(&flatten_type, N
 
 /* ---- Sequential and sequences ---------------------------------------------- */
 
+/* Conv2d followed by ReLU(inplace=True), as in VGG's features: the convolution applies
+ * the ReLU as it writes its output, and the ReLU's own pass is skipped.  Afterwards both
+ * modules hold what the two separate forwards leave (the conv's output buffer, which
+ * the in-place ReLU views, rectified), so the backward is unchanged. */
+static bool fuses_conv_relu(const graft_module *conv, const graft_module *relu) {
+    return conv->type == &conv2d_type && relu->type == &relu_type && ((const relu_cfg *)relu->cfg)->inplace;
+}
+
+static graft_status conv_relu_forward(graft_module *conv, graft_module *relu, graft_ctx *ctx, graft_tensor *in,
+                                      graft_tensor **out) {
+    graft_tensor *y;
+    conv->in = in;
+    graft_status s = conv_run(conv, ctx, in, true, &y);
+    if (s) return s;
+    relu->in = y;
+    if ((s = graft_tensor_view(&relu->out, y, y->ndim, y->shape))) return s;
+    *out = &relu->out;
+    return GRAFT_OK;
+}
+
 graft_status graft_sequence_forward(graft_module *const *steps, int n, graft_ctx *ctx, graft_tensor *in,
                                     graft_tensor **out) {
     graft_tensor *x = in;
     for (int i = 0; i < n; i++) {
-        graft_status s = graft_module_forward(steps[i], ctx, x, &x);
+        graft_status s;
+        if (i + 1 < n && fuses_conv_relu(steps[i], steps[i + 1])) {
+            s = conv_relu_forward(steps[i], steps[i + 1], ctx, x, &x);
+            i++;
+        } else {
+            s = graft_module_forward(steps[i], ctx, x, &x);
+        }
         if (s) return s;
     }
     *out = x;

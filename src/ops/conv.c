@@ -297,6 +297,7 @@ graft_status graft_conv2d_forward(graft_ctx *ctx, const graft_conv2d_geom *g, co
             run_units(scatter_range, &j, g->oc * m, p);
         }
     }
+    if (g->relu) graft_relu_forward(g->n * g->oc * p, y, y);
     return GRAFT_OK;
 }
 

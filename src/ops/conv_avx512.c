@@ -31,6 +31,7 @@
 #include "ops/conv_internal.h"
 
 #include <limits.h>
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -302,7 +303,15 @@ AVX512 static void run_unit(const direct_job *j, float *bp, float *cb, vec_plan 
             int64_t jj = j0 + c0, img = jj / p, q = jj % p;
             int64_t run = p - q < cols - c0 ? p - q : cols - c0;
             float *out = j->y + (img * g->oc + m) * p + q;
-            for (int64_t i = 0; i < run; i++) out[i] = crow[c0 + i] + bias;
+            if (g->relu) {
+                /* graft_relu_forward's rule: positive values and NaN pass, the rest is +0 */
+                for (int64_t i = 0; i < run; i++) {
+                    float v = crow[c0 + i] + bias;
+                    out[i] = (v > 0.0f || isnan(v)) ? v : 0.0f;
+                }
+            } else {
+                for (int64_t i = 0; i < run; i++) out[i] = crow[c0 + i] + bias;
+            }
             c0 += run;
         }
     }

@@ -28,13 +28,15 @@ typedef struct graft_conv2d_geom {
     int64_t oc, kh, kw;     /* weight [oc, c, kh, kw]; bias [oc] */
     int64_t sh, sw, ph, pw; /* stride and zero padding */
     int64_t oh, ow;         /* output [n, oc, oh, ow], derived */
+    bool relu;              /* forward only: y = relu(conv(x, w) + b), as graft_relu_forward */
 } graft_conv2d_geom;
 
 /* Fills oh/ow from the rest: oh = (h + 2ph - kh) / sh + 1.  Fails when any size is
  * non-positive or the output would be empty. */
 graft_status graft_conv2d_geom_init(graft_conv2d_geom *g);
 
-/* y = conv(x, w) + b, lowered to GEMM (im2col over chunks of images), threaded. */
+/* y = conv(x, w) + b (then ReLU when g->relu), threaded: the AVX-512 implicit GEMM where
+ * it runs, else lowered to GEMM (im2col over chunks of images). */
 graft_status graft_conv2d_forward(graft_ctx *ctx, const graft_conv2d_geom *g, const float *x,
                                   const float *w, const float *b, float *y);
 graft_status graft_conv2d_backward(graft_ctx *ctx, const graft_conv2d_geom *g, const float *x,

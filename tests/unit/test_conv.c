@@ -495,6 +495,35 @@ static void test_avx512_results_do_not_depend_on_threads(void **state) {
     graft_ctx_release(&ctx);
 }
 
+/* The fused ReLU (g.relu) gives exactly the plain forward followed by graft_relu_forward,
+ * with either kernel: NaN passes, negative values and -0 become +0. */
+static void check_fused_relu(graft_conv2d_kernel kernel, uint64_t seed) {
+    graft_ctx ctx;
+    graft_ctx_init(&ctx, 1);
+    graft_conv2d_set_kernel(kernel);
+    for (int i = 0; i < COUNT(kernel_geoms); i++) {
+        problem p = make_problem(kernel_geoms[i], seed + (uint64_t)i);
+        p.x[0] = NAN; /* a NaN reaches the outputs whose windows cover the first pixel */
+        p.b[0] = -0.0;
+        for (int64_t k = 0; k < p.nw / p.g.oc; k++) p.w[k] = 0.0; /* channel 0: -0 + 0 products */
+        float *plain = fast_forward(&ctx, &p, 1);
+        graft_relu_forward(p.ny, plain, plain);
+        p.g.relu = true;
+        float *fused = fast_forward(&ctx, &p, 1);
+        assert_memory_equal(fused, plain, (size_t)p.ny * sizeof(float));
+        free(plain);
+        free(fused);
+        free_problem(&p);
+    }
+    graft_ctx_release(&ctx);
+}
+
+static void test_fused_relu_matches_relu_after(void **state) {
+    (void)state;
+    check_fused_relu(GRAFT_CONV2D_GEMM, 2100);
+    if (graft_conv2d_avx512_available()) check_fused_relu(GRAFT_CONV2D_AVX512, 2200);
+}
+
 /* ---- gradient conventions --------------------------------------------------- */
 
 static const graft_conv2d_geom convention_geom = {.n = 3, .c = 4, .h = 6, .w = 7, .oc = 5,
@@ -758,6 +787,7 @@ int main(void) {
         cmocka_unit_test_teardown(test_avx512_kernel_matches_reference, reset_kernel),
         cmocka_unit_test_teardown(test_forward_kernel_follows_cpu_and_setting, reset_kernel),
         cmocka_unit_test_teardown(test_avx512_results_do_not_depend_on_threads, reset_kernel),
+        cmocka_unit_test_teardown(test_fused_relu_matches_relu_after, reset_kernel),
         cmocka_unit_test(test_fast_backward_accumulates_dw_and_db),
         cmocka_unit_test(test_fast_backward_overwrites_dx),
         cmocka_unit_test(test_ref_backward_accumulates_dw_db_and_overwrites_dx),
