@@ -9,8 +9,9 @@
  * and with OpenBLAS (checking that they agree); the weight gradient written whole, as
  * the trainer's lazily zeroed gradients take it, with each kernel; and the accumulated
  * weight gradient (OpenBLAS, the kernel Linear uses for it).  GFLOP/s are
- * 2 * n * in * out / median seconds.  The last line is "gflops_per_s N": the AVX-512
- * forward over the 4096 -> 4096 layer. */
+ * 2 * n * in * out / median seconds.  Then the 4096 -> 4096 layer's weight gradient and
+ * SGD update, stored and stepped against fused (milliseconds).  The last line is
+ * "gflops_per_s N": the AVX-512 forward over the 4096 -> 4096 layer. */
 #define _POSIX_C_SOURCE 200809L
 #include <math.h>
 #include <stdio.h>
@@ -23,6 +24,7 @@
 #include "core/threads.h"
 #include "ops/linear_internal.h"
 #include "ops/ops.h"
+#include "train/optim.h"
 
 #define MAX_ITERS 64
 
@@ -46,6 +48,65 @@ static double rel_diff(const float *a, const float *b, size_t n) {
 
 /* in, out: the folded head, then the unfolded first layer. */
 static const int layers[][2] = {{512, 4096}, {4096, 4096}, {4096, 10}, {25088, 4096}};
+
+/* The 4096 -> 4096 layer's weight gradient and its SGD update (momentum 0.9, weight
+ * decay 5e-4): stored whole and then updated by graft_optim_step, against handed to the
+ * update piece by piece (graft_optim_sink); both leave the same weights.  Milliseconds. */
+static void fused_table(graft_ctx *ctx, int batch, int iters) {
+    int64_t in = 4096, out = 4096, n = batch;
+    float *x = random_floats((size_t)(n * in), 1, 1.0f), *dy = random_floats((size_t)(n * out), 4, 1.0f);
+    graft_tensor *w[2], *g[2];
+    graft_optim *opt[2];
+    int64_t shape[2] = {out, in};
+    graft_optim_options o = graft_optim_defaults(GRAFT_OPTIM_SGD);
+    o.lr[0] = 1e-3;
+    o.momentum = 0.9;
+    o.weight_decay = 5e-4;
+    for (int k = 0; k < 2; k++) {
+        float *w0 = random_floats((size_t)(out * in), 2, 0.02f);
+        if (graft_tensor_create(GRAFT_F32, 2, shape, &w[k]) || graft_tensor_create(GRAFT_F32, 2, shape, &g[k])) {
+            fprintf(stderr, "out of memory\n");
+            exit(1);
+        }
+        memcpy(w[k]->data, w0, (size_t)(out * in) * sizeof(float));
+        free(w0);
+        graft_optim_param p = {"w", w[k], g[k], NULL, 0, 1.0};
+        if (graft_optim_create(&o, 1, &p, &opt[k])) {
+            fprintf(stderr, "%s\n", graft_errmsg());
+            exit(1);
+        }
+    }
+    const graft_grad_sink *sink;
+    if (graft_optim_sink(opt[1], w[1], &sink)) {
+        fprintf(stderr, "%s\n", graft_errmsg());
+        exit(1);
+    }
+    double t[2][MAX_ITERS + 1];
+    for (int it = 0; it <= iters; it++) {
+        double t0 = graft_now_seconds();
+        graft_linear_backward_ex(ctx, n, in, out, x, w[0]->data, dy, NULL, g[0]->data, NULL, true, false);
+        graft_optim_step(opt[0]);
+        t[0][it] = graft_now_seconds() - t0;
+        t0 = graft_now_seconds();
+        if (!graft_linear_weight_grad_to_sink(ctx, n, in, out, x, dy, sink)) {
+            fprintf(stderr, "no kernel for the fused update on this CPU\n");
+            exit(1);
+        }
+        graft_optim_step(opt[1]);
+        t[1][it] = graft_now_seconds() - t0;
+    }
+    int same = !memcmp(w[0]->data, w[1]->data, (size_t)(out * in) * sizeof(float));
+    printf("\n4096->4096 weight gradient + SGD update (momentum, decay), batch %d, ms\n", batch);
+    printf("%-14s %13s %13s %9s\n", "", "stored+step", "fused", "same");
+    printf("%-14s %13.2f %13.2f %9s\n", "4096->4096", 1e3 * median(t[0] + 1, iters), 1e3 * median(t[1] + 1, iters),
+           same ? "yes" : "NO");
+    for (int k = 0; k < 2; k++) {
+        graft_optim_free(opt[k]);
+        graft_tensor_free(w[k]);
+        graft_tensor_free(g[k]);
+    }
+    free(x), free(dy);
+}
 
 int main(int argc, char **argv) {
     int batch = 64, threads = 0, iters = 5;
@@ -117,6 +178,7 @@ int main(int argc, char **argv) {
         free(x), free(w), free(b), free(dy), free(y[0]), free(y[1]), free(dx[0]), free(dx[1]), free(dw);
     }
     printf("largest relative difference between the kernels (forward, dx): %.1e\n", max_diff);
+    fused_table(&ctx, batch, iters);
     printf("gflops_per_s %.1f\n", big_gflops);
     graft_ctx_release(&ctx);
     graft_threads_shutdown();

@@ -342,6 +342,8 @@ typedef struct graft_train_config {
     const char *resume_dir;      /* continue the run in this folder */
     int feature_cache;           /* default 1 (frozen trunks are computed once) */
     int fold;                    /* default 1 (pooled replicas folded into the next Linear) */
+    int fuse_update;             /* default 1 (large Linear weights updated as their gradient is
+                                    computed, never stored whole; the same numbers) */
 } graft_train_config;
 
 GRAFT_API graft_train_config graft_train_defaults(void);

@@ -167,6 +167,7 @@ static int bench_model(mode md, const options *o) {
             rc = cli_fail_status("train-step");
             goto done;
         }
+        graft_optim_fuse_linear(opt, m); /* as the trainer does */
     }
     times = malloc((size_t)o->iters * sizeof *times);
     if (!times) {

@@ -120,7 +120,8 @@ static void help(void) {
          "  --resume DIR            continue an interrupted run\n"
          "  --seed S  --threads N  --quiet\n"
          "  --no-feature-cache      compute a frozen trunk every epoch instead of once\n"
-         "  --no-fold               keep AdaptiveAvgPool2d + Flatten + Linear unfolded");
+         "  --no-fold               keep AdaptiveAvgPool2d + Flatten + Linear unfolded\n"
+         "  --no-fused-update       store Linear weight gradients whole, then update (same numbers)");
 }
 
 static int parse_real(const char *flag, const char *s, double lo, double hi, double *out) {
@@ -136,7 +137,8 @@ enum {
     O_MODEL = 256, O_CLASSES_N, O_PRETRAINED, O_WVERSION, O_WEIGHTS, O_OFFLINE, O_FREEZE, O_DROPOUT, O_DATA,
     O_CLASSES, O_PER_CLASS, O_TRANSFORM, O_EVAL_TRANSFORM, O_STRICT, O_BATCH, O_NO_SHUFFLE, O_WORKERS, O_EPOCHS,
     O_OPTIMIZER, O_LR, O_LR_HEAD, O_LR_TRUNK, O_MOMENTUM, O_DAMPENING, O_WD, O_NESTEROV, O_BETAS, O_EPS,
-    O_SCHEDULE, O_SMOOTH, O_MAX_STEPS, O_OUT, O_RESUME, O_SEED, O_THREADS, O_QUIET, O_NO_CACHE, O_NO_FOLD
+    O_SCHEDULE, O_SMOOTH, O_MAX_STEPS, O_OUT, O_RESUME, O_SEED, O_THREADS, O_QUIET, O_NO_CACHE, O_NO_FOLD,
+    O_NO_FUSE
 };
 
 int cmd_train(int argc, char **argv) {
@@ -160,6 +162,7 @@ int cmd_train(int argc, char **argv) {
         {"resume", required_argument, 0, O_RESUME}, {"seed", required_argument, 0, O_SEED},
         {"threads", required_argument, 0, O_THREADS}, {"quiet", no_argument, 0, O_QUIET},
         {"no-feature-cache", no_argument, 0, O_NO_CACHE}, {"no-fold", no_argument, 0, O_NO_FOLD},
+        {"no-fused-update", no_argument, 0, O_NO_FUSE},
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0}};
     graft_train_config c = graft_train_defaults();
@@ -248,6 +251,7 @@ int cmd_train(int argc, char **argv) {
         case O_QUIET: u.quiet = 1; break;
         case O_NO_CACHE: c.feature_cache = 0; break;
         case O_NO_FOLD: c.fold = 0; break;
+        case O_NO_FUSE: c.fuse_update = 0; break;
         case 'h': help(); return 0;
         default: return cli_bad_option("train", argv, optind);
         }

@@ -172,13 +172,18 @@ static graft_status linear_forward(graft_module *m, graft_ctx *ctx, graft_tensor
     return GRAFT_OK;
 }
 
+/* With a sink on the weight (the trainer's fused update), the input gradient is computed
+ * first, from the weight as it was, and then the weight gradient goes to the sink, which
+ * may update the weight as it arrives. */
 static graft_status linear_backward(graft_module *m, graft_ctx *ctx, graft_tensor *dy, graft_tensor **dx) {
-    const graft_tensor *w = &m->params[0].value;
+    graft_param *wp = &m->params[0];
+    const graft_tensor *w = &wp->value;
     int64_t n = m->in->shape[0], nin = w->shape[1], nout = w->shape[0];
     float *g[2] = {NULL, NULL}, *dxp = NULL;
     bool set[2] = {false, false}; /* a zero gradient: written whole rather than added to */
     graft_status s;
-    for (int i = 0; i < m->nparams && i < 2; i++)
+    bool sink = graft_param_may_sink(wp);
+    for (int i = sink ? 1 : 0; i < m->nparams && i < 2; i++)
         if (!m->params[i].frozen && (s = graft_param_grad_for_write(&m->params[i], &g[i], &set[i]))) return s;
     if (m->need_dx) {
         if ((s = resize2(&m->dx, n, nin))) return s;
@@ -186,6 +191,15 @@ static graft_status linear_backward(graft_module *m, graft_ctx *ctx, graft_tenso
         *dx = &m->dx;
     }
     graft_linear_backward_ex(ctx, n, nin, nout, m->in->data, w->data, dy->data, dxp, g[0], g[1], set[0], set[1]);
+    if (sink) {
+        if (graft_linear_weight_grad_to_sink(ctx, n, nin, nout, m->in->data, dy->data, wp->sink)) {
+            wp->grad_sunk = true;
+        } else { /* no kernel for it here: into memory after all */
+            if ((s = graft_param_grad_for_write(wp, &g[0], &set[0]))) return s;
+            graft_linear_backward_ex(ctx, n, nin, nout, m->in->data, w->data, dy->data, NULL, g[0], NULL, set[0],
+                                     false);
+        }
+    }
     return GRAFT_OK;
 }
 

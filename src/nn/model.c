@@ -174,13 +174,21 @@ graft_status graft_model_forward_steps(graft_model *m, graft_module *const *step
 }
 
 void graft_model_zero_grad(graft_model *m) {
-    for (size_t i = 0; i < m->nstate; i++)
-        if (m->state[i].param && m->state[i].param->grad.data) graft_tensor_zero(&m->state[i].param->grad);
+    for (size_t i = 0; i < m->nstate; i++) {
+        graft_param *p = m->state[i].param;
+        if (!p) continue;
+        if (p->grad.data) graft_tensor_zero(&p->grad);
+        p->grad_stale = p->grad_sunk = false;
+    }
 }
 
 void graft_model_zero_grad_lazy(graft_model *m) {
-    for (size_t i = 0; i < m->nstate; i++)
-        if (m->state[i].param && m->state[i].param->grad.data) m->state[i].param->grad_stale = true;
+    for (size_t i = 0; i < m->nstate; i++) {
+        graft_param *p = m->state[i].param;
+        if (!p) continue;
+        if (p->grad.data) p->grad_stale = true;
+        p->grad_sunk = false;
+    }
 }
 
 /* The zeros a lazy zero_grad left pending, written before anyone reads a gradient. */
@@ -323,7 +331,7 @@ graft_tensor *graft_model_state_get(const graft_model *m, const char *name) {
 
 graft_tensor *graft_model_grad(const graft_model *m, const char *name) {
     const state_entry *e = find_entry(m, name);
-    if (!e || !e->param || e->param->frozen || !e->param->grad.data) return NULL;
+    if (!e || !e->param || e->param->frozen || !e->param->grad.data || e->param->grad_sunk) return NULL;
     graft_param_grad_settle(e->param);
     return &e->param->grad;
 }

@@ -285,6 +285,7 @@ graft_status graft_param_grad_for_write(graft_param *p, float **grad, bool *over
         *overwrite = true;
     }
     p->grad_stale = false;
+    p->grad_sunk = false;
     *grad = p->grad.data;
     return GRAFT_OK;
 }
@@ -296,8 +297,12 @@ graft_status graft_param_grad(graft_param *p, float **grad) {
     return s;
 }
 
+bool graft_param_may_sink(const graft_param *p) {
+    return p->sink && !p->frozen && !p->grad_sunk && (p->grad_stale || !p->grad.data);
+}
+
 void graft_param_grad_settle(graft_param *p) {
-    if (!p->grad_stale) return;
+    if (!p->grad_stale || p->grad_sunk) return;
     if (p->grad.data) graft_tensor_zero(&p->grad);
     p->grad_stale = false;
 }

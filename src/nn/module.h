@@ -21,6 +21,7 @@
 #include "core/ctx.h"
 #include "core/strbuf.h"
 #include "core/tensor.h"
+#include "ops/ops.h"
 
 #define GRAFT_MAX_PARAMS 2
 #define GRAFT_MAX_BUFFERS 3
@@ -34,6 +35,12 @@ typedef struct graft_param {
     bool frozen;
     bool grad_stale;   /* zeroed lazily (graft_model_zero_grad): grad reads as zero, its
                         * memory is not written yet */
+    /* Set by the trainer: where a backward that would write this (lazily zeroed)
+     * gradient whole may send it instead, for the optimiser to apply as it comes
+     * (Linear's weight; ops.h).  NULL: the gradient goes to grad, as always. */
+    const graft_grad_sink *sink;
+    bool grad_sunk;    /* the last backward sent the gradient to sink: grad does not hold
+                        * it, and stays as it was */
 } graft_param;
 
 typedef struct graft_buffer {
@@ -126,8 +133,15 @@ graft_status graft_param_grad(graft_param *p, float **grad);
  * comes back true (the gradient is zero: new, or zeroed lazily), and accumulates into it
  * otherwise.  Saves a pass of zeros over large weights. */
 graft_status graft_param_grad_for_write(graft_param *p, float **grad, bool *overwrite);
-/* Writes the zeros a lazy zeroing left pending, so the gradient can be read. */
+/* Writes the zeros a lazy zeroing left pending, so the gradient can be read (not when
+ * the gradient went to the sink instead). */
 void graft_param_grad_settle(graft_param *p);
+/* Whether a backward writing p's whole gradient may hand it to p->sink instead: a sink
+ * is set, p is trainable, its gradient is zero (new, or zeroed lazily) and none went to
+ * the sink since the last zeroing.  One backward per optimiser step, as the trainer
+ * runs them: a second backward before the step would store its gradient, which the
+ * step, having applied the first, would not see. */
+bool graft_param_may_sink(const graft_param *p);
 
 /* A layer error: "features.0 (Conv2d): <message>". */
 graft_status graft_module_error(const graft_module *m, graft_status status, const char *fmt, ...)

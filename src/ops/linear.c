@@ -84,6 +84,12 @@ void graft_linear_backward_ex(graft_ctx *ctx, int64_t n, int64_t in, int64_t out
         }
 }
 
+bool graft_linear_weight_grad_to_sink(graft_ctx *ctx, int64_t n, int64_t in, int64_t out, const float *x,
+                                      const float *dy, const graft_grad_sink *sink) {
+    if (n <= 0 || in <= 0 || out <= 0 || !try_avx512(n, out)) return false;
+    return graft_linear_weight_grad_avx512_sink(ctx, n, in, out, dy, x, sink);
+}
+
 /* ---- reference (double, direct summation) --------------------------------- */
 
 /* x [n, in], w [out, in], b [out] or NULL -> y [n, out] */

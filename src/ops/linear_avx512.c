@@ -26,7 +26,10 @@
  * along them); a 6 x 64 tile of dw is summed over the batch in registers and stored
  * once, so there is no pass of zeros and no read of dw (non-temporal stores measured no
  * faster).  Accumulated weight gradients stay with OpenBLAS: a kernel of this design
- * measured no faster than SGEMM for them (docs/performance.md).
+ * measured no faster than SGEMM for them (docs/performance.md).  The same tiles can
+ * hand dw to the optimiser instead (graft_linear_weight_grad_avx512_sink, the trainer's
+ * fused update): each thread computes a band of rows into its scratch, in L2, and passes
+ * it on, so dw is never written to memory and read back.
  *
  * Every output is summed in one order (p, or the batch, ascending from zero) with fused
  * multiply-adds, as a BLAS kernel would; tests hold the results to the double reference
@@ -252,6 +255,44 @@ static void wgrad_slab(void *arg, int64_t begin, int64_t end) {
     }
 }
 
+/* Fused with the optimiser (graft_linear_weight_grad_avx512_sink): slab s computes its
+ * rows of dw band by band, a band of `band` tiles into the slab's scratch (the same
+ * tiles, blocks and order as wgrad_slab), and hands each band to the sink while it is
+ * still in cache. */
+typedef struct wgrad_sink_job {
+    wgrad_job w;
+    int64_t band;                 /* tiles per band */
+    float *bands;                 /* band * OR * in floats per slab */
+    const graft_grad_sink *sink;
+} wgrad_sink_job;
+
+static void wgrad_sink_slab(void *arg, int64_t begin, int64_t end) {
+    const wgrad_sink_job *sj = arg;
+    const wgrad_job *jb = &sj->w;
+    for (int64_t s = begin; s < end; s++) {
+        int64_t tlo = jb->otiles * s / jb->slabs, thi = jb->otiles * (s + 1) / jb->slabs;
+        float *band = sj->bands + s * sj->band * OR * jb->in;
+        for (int64_t t0 = tlo; t0 < thi; t0 += sj->band) {
+            int64_t t1 = thi - t0 < sj->band ? thi : t0 + sj->band;
+            for (int64_t k1 = 0; k1 < jb->in; k1 += KB) {
+                int64_t k2 = jb->in - k1 < KB ? jb->in : k1 + KB;
+                for (int64_t t = t0; t < t1; t++) {
+                    int64_t o0 = t * OR;
+                    int orows = jb->out - o0 < OR ? (int)(jb->out - o0) : OR;
+                    for (int64_t k0 = k1; k0 < k2; k0 += MB) {
+                        int64_t kn = k2 - k0 < MB ? k2 - k0 : MB;
+                        wgrad_tile_any(orows, kn, jb->n, jb->dyt + t * jb->n * OR,
+                                       jb->xp + (k0 / MB) * jb->n * MB, band + (o0 - t0 * OR) * jb->in + k0,
+                                       jb->in);
+                    }
+                }
+            }
+            int64_t r0 = t0 * OR, r1 = t1 * OR < jb->out ? t1 * OR : jb->out;
+            sj->sink->piece(sj->sink->user, r0 * jb->in, r1 * jb->in, band);
+        }
+    }
+}
+
 #endif /* HAVE_AVX512_BUILD */
 
 /* ---- entry points --------------------------------------------------------------------- */
@@ -278,16 +319,18 @@ bool graft_linear_input_grad_avx512(graft_ctx *ctx, int64_t n, int64_t in, int64
 #endif
 }
 
-bool graft_linear_weight_grad_avx512(graft_ctx *ctx, int64_t n, int64_t in, int64_t out, const float *dy, const float *x,
-                                     float *dw) {
 #if HAVE_AVX512_BUILD
-    if (!graft_linear_avx512_available() || n <= 0 || in <= 0 || out <= 0) return false;
+/* Packs dy and x for the weight-gradient tiles into ctx's workspace, with `extra` more
+ * floats after them (cache-line aligned) in *extra_out; fills *jb.  False: no memory. */
+static bool wgrad_prepare(graft_ctx *ctx, int64_t n, int64_t in, int64_t out, const float *dy, const float *x,
+                          float *dw, size_t extra, wgrad_job *jb, float **extra_out) {
     int64_t otiles = (out + OR - 1) / OR, panels = (in + MB - 1) / MB;
     int64_t slabs = graft_num_threads();
     if (slabs > otiles) slabs = otiles;
     if (slabs < 1) slabs = 1;
     int64_t dy_floats = (otiles * n * OR + LANES - 1) / LANES * LANES; /* keeps xp aligned */
-    float *scratch = graft_ctx_workspace(ctx, (size_t)(dy_floats + panels * n * MB));
+    size_t packed = (size_t)(dy_floats + panels * n * MB);
+    float *scratch = graft_ctx_workspace(ctx, packed + extra);
     if (!scratch) return false;
     float *dyt = scratch, *xp = scratch + dy_floats;
     for (int64_t t = 0; t < otiles; t++)
@@ -301,11 +344,45 @@ bool graft_linear_weight_grad_avx512(graft_ctx *ctx, int64_t n, int64_t in, int6
             memcpy(to, x + m * in + k0, (size_t)kn * sizeof(float));
             for (int64_t k = kn; k < MB; k++) to[k] = 0.0f;
         }
-    wgrad_job jb = {.n = n, .in = in, .out = out, .otiles = otiles, .slabs = slabs, .dyt = dyt, .xp = xp, .dw = dw};
-    graft_parallel_for(slabs, 1, wgrad_slab, &jb);
+    *jb = (wgrad_job){.n = n, .in = in, .out = out, .otiles = otiles, .slabs = slabs, .dyt = dyt, .xp = xp, .dw = dw};
+    if (extra_out) *extra_out = scratch + packed; /* packed is a multiple of LANES: aligned */
+    return true;
+}
+
+/* Tiles per band: bands of about BAND_FLOATS floats (384 KiB, in L2 beside x's block). */
+#define BAND_FLOATS 98304
+#endif
+
+bool graft_linear_weight_grad_avx512(graft_ctx *ctx, int64_t n, int64_t in, int64_t out, const float *dy, const float *x,
+                                     float *dw) {
+#if HAVE_AVX512_BUILD
+    if (!graft_linear_avx512_available() || n <= 0 || in <= 0 || out <= 0) return false;
+    wgrad_job jb;
+    if (!wgrad_prepare(ctx, n, in, out, dy, x, dw, 0, &jb, NULL)) return false;
+    graft_parallel_for(jb.slabs, 1, wgrad_slab, &jb);
     return true;
 #else
     (void)ctx, (void)n, (void)in, (void)out, (void)dy, (void)x, (void)dw;
+    return false;
+#endif
+}
+
+bool graft_linear_weight_grad_avx512_sink(graft_ctx *ctx, int64_t n, int64_t in, int64_t out, const float *dy,
+                                          const float *x, const graft_grad_sink *sink) {
+#if HAVE_AVX512_BUILD
+    if (!graft_linear_avx512_available() || n <= 0 || in <= 0 || out <= 0) return false;
+    int64_t band = BAND_FLOATS / (OR * in);
+    if (band < 1) band = 1;
+    int64_t slabs = graft_num_threads(), otiles = (out + OR - 1) / OR;
+    if (slabs > otiles) slabs = otiles;
+    if (slabs < 1) slabs = 1;
+    wgrad_sink_job sj = {.band = band, .sink = sink};
+    if (!wgrad_prepare(ctx, n, in, out, dy, x, NULL, (size_t)(slabs * band * OR * in), &sj.w, &sj.bands)) return false;
+    sink->begin(sink->user);
+    graft_parallel_for(sj.w.slabs, 1, wgrad_sink_slab, &sj);
+    return true;
+#else
+    (void)ctx, (void)n, (void)in, (void)out, (void)dy, (void)x, (void)sink;
     return false;
 #endif
 }

@@ -18,6 +18,7 @@
 #include <stdint.h>
 
 #include "core/ctx.h"
+#include "ops/ops.h"
 
 /* Under AUTO the AVX-512 kernel takes batches of up to MAX_ROWS rows into at least
  * MIN_OUT outputs (a 10-class head is faster with BLAS). */
@@ -53,5 +54,11 @@ bool graft_linear_input_grad_avx512(graft_ctx *ctx, int64_t n, int64_t in, int64
  * way. */
 bool graft_linear_weight_grad_avx512(graft_ctx *ctx, int64_t n, int64_t in, int64_t out, const float *dy, const float *x,
                                      float *dw);
+
+/* The same weight gradient handed to sink (ops.h) in bands of rows instead of stored:
+ * each band is computed into the thread's scratch by the same tiles, then passed on.
+ * Returns false, having called nothing, when it cannot run. */
+bool graft_linear_weight_grad_avx512_sink(graft_ctx *ctx, int64_t n, int64_t in, int64_t out, const float *dy,
+                                          const float *x, const graft_grad_sink *sink);
 
 #endif

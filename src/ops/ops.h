@@ -59,6 +59,25 @@ void graft_linear_backward(graft_ctx *ctx, int64_t n, int64_t in, int64_t out, c
  * with the batch's gradient instead of accumulated: for gradients known to be zero. */
 void graft_linear_backward_ex(graft_ctx *ctx, int64_t n, int64_t in, int64_t out, const float *x, const float *w,
                               const float *dy, float *dx, float *dw, float *db, bool set_dw, bool set_db);
+
+/* Where a weight gradient can go instead of memory: the trainer's optimiser update,
+ * applied piece by piece while the gradient is computed, so the gradient is never
+ * stored whole (train/optim.h, graft_optim_sink).  begin is called once, before any
+ * piece; then piece, from graft's pool threads and in any order, once for each range of
+ * elements [begin, end) of dw with g [0, end - begin) their gradient, the ranges
+ * covering dw exactly. */
+typedef struct graft_grad_sink {
+    void (*begin)(void *user);
+    void (*piece)(void *user, int64_t begin, int64_t end, const float *g);
+    void *user;
+} graft_grad_sink;
+
+/* The weight gradient dw = dy^T x (as written whole by graft_linear_backward_ex with
+ * set_dw) handed to sink instead of stored, each element the same float as stored.
+ * Returns false, having called nothing, where no kernel does this here (the caller then
+ * computes dw into memory): it takes the small-batch AVX-512 kernel's cases. */
+bool graft_linear_weight_grad_to_sink(graft_ctx *ctx, int64_t n, int64_t in, int64_t out, const float *x,
+                                      const float *dy, const graft_grad_sink *sink);
 void graft_ref_linear_forward(int64_t n, int64_t in, int64_t out, const double *x,
                               const double *w, const double *b, double *y);
 void graft_ref_linear_backward(int64_t n, int64_t in, int64_t out, const double *x,

@@ -26,6 +26,7 @@ graft_train_config graft_train_defaults(void) {
         .schedule = "constant",
         .feature_cache = 1,
         .fold = 1,
+        .fuse_update = 1,
     };
 }
 

@@ -21,6 +21,7 @@
 #include "core/cpu.h"
 #include "core/error.h"
 #include "core/threads.h"
+#include "nn/layers.h"
 #include "nn/model.h"
 #include "nn/module.h"
 
@@ -61,13 +62,20 @@ typedef struct optim_slot {
     graft_tensor buf;        /* SGD momentum_buffer, Adam exp_avg (empty when unused) */
     graft_tensor sq;         /* exp_avg_sq */
     graft_tensor sq_max;     /* max_exp_avg_sq (amsgrad) */
+    /* the fused update (graft_optim_sink) */
+    graft_optim *owner;
+    bool sunk;               /* this step's update was applied as the gradient came */
 } optim_slot;
+
+typedef struct sink_state sink_state;
 
 struct graft_optim {
     graft_optim_options o;
     double lr[GRAFT_OPTIM_MAX_GROUPS];
     size_t n;
     optim_slot *slots;
+    sink_state *sink_states;  /* [n], for graft_optim_sink (allocated by its first call) */
+    graft_grad_sink *sinks;   /* [n] */
 };
 
 /* ---- options -------------------------------------------------------------------- */
@@ -148,6 +156,8 @@ static void free_slots(optim_slot *slots, size_t n) {
 
 void graft_optim_free(graft_optim *opt) {
     if (!opt) return;
+    free(opt->sink_states);
+    free(opt->sinks);
     free_slots(opt->slots, opt->n);
     free(opt);
 }
@@ -191,6 +201,7 @@ graft_status graft_optim_create(const graft_optim_options *o, size_t n, const gr
         graft_tensor_init(&sl->sq, GRAFT_F32);
         graft_tensor_init(&sl->sq_max, GRAFT_F32);
         sl->value = p->value;
+        sl->owner = opt;
         sl->grad = p->grad;
         sl->frozen = p->frozen;
         sl->group = p->group;
@@ -412,57 +423,132 @@ static bool slot_active(const optim_slot *sl) {
     return !(sl->frozen && *sl->frozen) && sl->grad && sl->grad->data;
 }
 
+/* The scalars of slot sl's update at this step (counting the step), with g as its
+ * gradient. */
+static void prepare_update(graft_optim *opt, optim_slot *sl, const float *g, update *u) {
+    const graft_optim_options *o = &opt->o;
+    double lr = opt->lr[sl->group];
+    *u = (update){.p = sl->value->data, .g = g, .buf = sl->buf.data, .sq = sl->sq.data, .sq_max = sl->sq_max.data};
+    u->decay = o->weight_decay != 0;
+    u->wd = (float)o->weight_decay;
+    if (o->kind == GRAFT_OPTIM_SGD) {
+        u->use_momentum = o->momentum != 0;
+        u->first = sl->steps == 0;
+        u->nesterov = o->nesterov != 0;
+        u->momentum = (float)o->momentum;
+        u->one_minus_dampening = (float)(1 - o->dampening);
+        u->neg_lr = (float)-lr;
+        sl->steps++;
+    } else {
+        sl->steps++; /* step_t += 1 comes first */
+        double step = (double)sl->steps;
+        double bias_correction1 = 1 - pow(o->beta1, step);
+        double bias_correction2 = 1 - pow(o->beta2, step);
+        double step_size = lr * sl->fold / bias_correction1; /* fold: the replicas' steps, summed */
+        u->adamw = o->kind == GRAFT_OPTIM_ADAMW;
+        u->amsgrad = o->amsgrad != 0;
+        u->beta1 = (float)o->beta1;
+        u->one_minus_beta1 = (float)(1 - o->beta1);
+        u->beta2 = (float)o->beta2;
+        u->one_minus_beta2 = (float)(1 - o->beta2);
+        u->param_scale = (float)(1 - lr * o->weight_decay);
+        u->bc2_sqrt = (float)sqrt(bias_correction2);
+        u->eps = (float)o->eps;
+        u->neg_step_size = (float)-step_size;
+    }
+}
+
 graft_status graft_optim_step(graft_optim *opt) {
     const graft_optim_options *o = &opt->o;
     for (size_t i = 0; i < opt->n; i++) {
         const optim_slot *sl = &opt->slots[i];
-        if (!slot_active(sl)) continue;
+        if (sl->sunk || !slot_active(sl)) continue;
         if (sl->grad->dtype != GRAFT_F32 || graft_tensor_numel(sl->grad) != sl->n || graft_tensor_numel(sl->value) != sl->n)
             return graft_error(GRAFT_ERR_SHAPE, "optimizer: the gradient of %s does not match its %lld elements",
                                sl->name, (long long)sl->n);
     }
     for (size_t i = 0; i < opt->n; i++) {
         optim_slot *sl = &opt->slots[i];
+        if (sl->sunk) { /* applied during the backward */
+            sl->sunk = false;
+            continue;
+        }
         if (!slot_active(sl)) continue;
-        double lr = opt->lr[sl->group];
         if (sl->fold != 1.0 && o->kind == GRAFT_OPTIM_SGD) {
             /* the sum of `fold` replicas that each received this gradient */
             float *g = sl->grad->data, f = (float)sl->fold;
             for (int64_t j = 0; j < sl->n; j++) g[j] *= f;
         }
-        update u = {.p = sl->value->data, .g = sl->grad->data, .buf = sl->buf.data, .sq = sl->sq.data,
-                    .sq_max = sl->sq_max.data};
-        u.decay = o->weight_decay != 0;
-        u.wd = (float)o->weight_decay;
-        if (o->kind == GRAFT_OPTIM_SGD) {
-            u.use_momentum = o->momentum != 0;
-            u.first = sl->steps == 0;
-            u.nesterov = o->nesterov != 0;
-            u.momentum = (float)o->momentum;
-            u.one_minus_dampening = (float)(1 - o->dampening);
-            u.neg_lr = (float)-lr;
-            sl->steps++;
-            graft_parallel_for(sl->n, OPTIM_MIN_CHUNK, sgd_range, &u);
-        } else {
-            sl->steps++; /* step_t += 1 comes first */
-            double step = (double)sl->steps;
-            double bias_correction1 = 1 - pow(o->beta1, step);
-            double bias_correction2 = 1 - pow(o->beta2, step);
-            double step_size = lr * sl->fold / bias_correction1; /* fold: the replicas' steps, summed */
-            u.adamw = o->kind == GRAFT_OPTIM_ADAMW;
-            u.amsgrad = o->amsgrad != 0;
-            u.beta1 = (float)o->beta1;
-            u.one_minus_beta1 = (float)(1 - o->beta1);
-            u.beta2 = (float)o->beta2;
-            u.one_minus_beta2 = (float)(1 - o->beta2);
-            u.param_scale = (float)(1 - lr * o->weight_decay);
-            u.bc2_sqrt = (float)sqrt(bias_correction2);
-            u.eps = (float)o->eps;
-            u.neg_step_size = (float)-step_size;
-            graft_parallel_for(sl->n, OPTIM_MIN_CHUNK, adam_range, &u);
-        }
+        update u;
+        prepare_update(opt, sl, sl->grad->data, &u);
+        graft_parallel_for(sl->n, OPTIM_MIN_CHUNK, o->kind == GRAFT_OPTIM_SGD ? sgd_range : adam_range, &u);
     }
     return GRAFT_OK;
+}
+
+/* ---- the fused update ------------------------------------------------------------------ */
+
+/* The update prepared by sink_begin, kept for the pieces: one parameter's per step. */
+struct sink_state {
+    optim_slot *slot;
+    update u;
+};
+
+static void sink_begin(void *user) {
+    sink_state *st = user;
+    prepare_update(st->slot->owner, st->slot, NULL, &st->u);
+    st->slot->sunk = true;
+}
+
+/* Elements [begin, end) of the parameter with gradient g [0, end - begin): the same
+ * loops as graft_optim_step, on this range, in the calling (pool) thread. */
+static void sink_piece(void *user, int64_t begin, int64_t end, const float *g) {
+    const sink_state *st = user;
+    update u = st->u;
+    u.p += begin;
+    u.g = g;
+    if (u.buf) u.buf += begin;
+    if (u.sq) u.sq += begin;
+    if (u.sq_max) u.sq_max += begin;
+    if (st->slot->owner->o.kind == GRAFT_OPTIM_SGD) sgd_range(&u, 0, end - begin);
+    else adam_range(&u, 0, end - begin);
+}
+
+graft_status graft_optim_sink(graft_optim *opt, const graft_tensor *value, const graft_grad_sink **sink) {
+    *sink = NULL;
+    size_t i = 0;
+    while (i < opt->n && opt->slots[i].value != value) i++;
+    if (i == opt->n) return graft_error(GRAFT_ERR_NOTFOUND, "optimizer: no such parameter for a fused update");
+    if (opt->slots[i].fold != 1.0)
+        return graft_error(GRAFT_ERR_INVALID, "optimizer: %s stands for folded replicas; its update cannot be fused",
+                           opt->slots[i].name);
+    if (!opt->sinks) {
+        opt->sink_states = calloc(opt->n, sizeof *opt->sink_states);
+        opt->sinks = calloc(opt->n, sizeof *opt->sinks);
+        if (!opt->sink_states || !opt->sinks) {
+            free(opt->sink_states);
+            free(opt->sinks);
+            opt->sink_states = NULL;
+            opt->sinks = NULL;
+            return graft_error(GRAFT_ERR_NOMEM, "out of memory for the optimizer's fused updates");
+        }
+    }
+    opt->sink_states[i].slot = &opt->slots[i];
+    opt->sinks[i] = (graft_grad_sink){.begin = sink_begin, .piece = sink_piece, .user = &opt->sink_states[i]};
+    *sink = &opt->sinks[i];
+    return GRAFT_OK;
+}
+
+static int fuse_linear(void *user, const char *name, graft_module *owner, graft_param *p, graft_buffer *b) {
+    (void)name, (void)b;
+    if (!p || p->frozen || !graft_module_is(owner, "Linear") || p != &owner->params[0]) return 0;
+    const graft_grad_sink *sink;
+    if (graft_optim_sink(user, &p->value, &sink) == GRAFT_OK) p->sink = sink;
+    return 0;
+}
+
+void graft_optim_fuse_linear(graft_optim *opt, graft_model *m) {
+    graft_module_visit_state(graft_model_root(m), fuse_linear, opt);
 }
 
 /* ---- state export / import ------------------------------------------------------------ */

@@ -38,6 +38,7 @@
 
 #include "core/tensor.h"
 #include "graft/graft.h"
+#include "ops/ops.h"
 #include "train/schedule.h"
 
 #define GRAFT_OPTIM_MAX_GROUPS 4
@@ -112,6 +113,23 @@ void graft_optim_free(graft_optim *opt);
  * group's current learning rate.  Checks every gradient's size first, so on error no
  * parameter has changed.  Never allocates. */
 graft_status graft_optim_step(graft_optim *opt);
+
+/* A sink (ops.h) that applies this step's update of the parameter whose value tensor is
+ * `value` piece by piece as a backward computes its gradient, so that the gradient is
+ * never stored whole; graft_optim_step then skips that parameter once.  The pieces run
+ * the same operations on the same values as graft_optim_step would, so the parameters
+ * come out bit for bit the same; the update starts before the rest of the backward has
+ * run, which is right only where nothing later in the backward reads the parameter
+ * (Linear computes its input gradient first).  GRAFT_ERR_NOTFOUND for a tensor not in
+ * the optimiser, GRAFT_ERR_INVALID for a folded parameter.  The sink lives as long as
+ * the optimiser. */
+graft_status graft_optim_sink(graft_optim *opt, const graft_tensor *value, const graft_grad_sink **sink);
+
+/* Gives every trainable Linear weight of m that opt updates (not a folded one) opt's
+ * sink: Linear then hands its weight gradient to the update as it computes it, where
+ * its kernel can (ops.h), instead of storing it for graft_optim_step.  The trainer's
+ * default (graft_train_config.fuse_update). */
+void graft_optim_fuse_linear(graft_optim *opt, graft_model *m);
 
 /* The current learning rate of a group (starts at the base rate o->lr[group]). */
 graft_status graft_optim_set_lr(graft_optim *opt, int group, double lr);

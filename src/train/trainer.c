@@ -234,6 +234,7 @@ static graft_status build_loaders(trainer *t) {
     return GRAFT_OK;
 }
 
+
 static graft_status build_optimizer(trainer *t) {
     const graft_train_config *c = &t->c;
     graft_optim_kind kind;
@@ -274,6 +275,7 @@ static graft_status build_optimizer(trainer *t) {
     }
     if ((s = graft_schedule_parse(c->schedule ? c->schedule : "constant", &t->sched)))
         return graft_error_prefix(s, "--schedule");
+    if (c->fuse_update) graft_optim_fuse_linear(t->optim, t->model);
     return GRAFT_OK;
 }
 

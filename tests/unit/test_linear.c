@@ -1,5 +1,6 @@
 /* test_linear.c — Linear: the reference's gradients against finite differences, the
  * fast path against the reference, and the gradient conventions. */
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -242,6 +243,68 @@ static void test_avx512_kernels_are_the_same_for_any_thread_count(void **state) 
     graft_linear_set_kernel(GRAFT_LINEAR_AUTO);
     free(x), free(w), free(b), free(y1), free(y3);
     free_problem(&p);
+}
+
+/* ---- the weight gradient handed to a sink ---------------------------------- */
+
+/* Collects what graft_linear_weight_grad_to_sink hands over: the pieces copied into got,
+ * each element's visits counted, and the calls to begin (and any piece before one). */
+typedef struct collector {
+    float *got;
+    int *visits;
+    int begins, early_pieces;
+    pthread_mutex_t lock;
+} collector;
+
+static void collect_begin(void *user) { ((collector *)user)->begins++; }
+
+static void collect_piece(void *user, int64_t begin, int64_t end, const float *g) {
+    collector *c = user;
+    pthread_mutex_lock(&c->lock);
+    if (!c->begins) c->early_pieces++;
+    for (int64_t i = begin; i < end; i++) {
+        c->got[i] = g[i - begin];
+        c->visits[i]++;
+    }
+    pthread_mutex_unlock(&c->lock);
+}
+
+/* Where it runs (AVX-512, batches of at most 128 into 64 outputs or more) the sink gets
+ * every element of dw once, after one begin, with exactly the bits the same kernel
+ * stores; elsewhere it declines and calls nothing. */
+static void test_weight_grad_to_sink_gives_the_stored_bits(void **state) {
+    (void)state;
+    const shape shapes[] = {{64, 4096, 64}, {128, 257, 70}, {1, 5, 64}, {7, 33, 65}, {64, 100, 200}, {3, 2, 9}};
+    for (int threads = 1; threads <= 3; threads += 2) {
+        assert_int_equal(graft_set_num_threads(threads), GRAFT_OK);
+        for (int i = 0; i < COUNT(shapes); i++) {
+            shape s = shapes[i];
+            problem p = make_problem(s, 1600 + (uint64_t)i);
+            float *x = tu_to_float(p.x, s.n * s.in), *dy = tu_to_float(p.gy, s.n * s.out);
+            float *dw = float_filled(s.out * s.in, NAN);
+            collector c = {.got = float_filled(s.out * s.in, NAN), .visits = calloc((size_t)(s.out * s.in), sizeof(int))};
+            pthread_mutex_init(&c.lock, NULL);
+            graft_grad_sink sink = {collect_begin, collect_piece, &c};
+            bool took = graft_linear_weight_grad_to_sink(&ctx, s.n, s.in, s.out, x, dy, &sink);
+            bool expected = graft_linear_avx512_available() && s.out >= 64 && s.n <= 128;
+            assert_int_equal(took, expected);
+            if (took) {
+                graft_linear_set_kernel(GRAFT_LINEAR_AVX512);
+                graft_linear_backward_ex(&ctx, s.n, s.in, s.out, x, NULL, dy, NULL, dw, NULL, true, false);
+                graft_linear_set_kernel(GRAFT_LINEAR_AUTO);
+                assert_int_equal(c.begins, 1);
+                assert_int_equal(c.early_pieces, 0);
+                for (int64_t k = 0; k < s.out * s.in; k++) assert_int_equal(c.visits[k], 1);
+                assert_memory_equal(c.got, dw, (size_t)(s.out * s.in) * sizeof(float));
+            } else {
+                assert_int_equal(c.begins, 0);
+                for (int64_t k = 0; k < s.out * s.in; k++) assert_int_equal(c.visits[k], 0);
+            }
+            pthread_mutex_destroy(&c.lock);
+            free(c.got), free(c.visits), free(x), free(dy), free(dw);
+            free_problem(&p);
+        }
+    }
 }
 
 /* Every shape with each kernel (the AVX-512 one computes dx here; dw accumulates, so
@@ -491,6 +554,7 @@ int main(void) {
         cmocka_unit_test(test_fast_forward_without_bias_matches_reference),
         cmocka_unit_test(test_avx512_kernels_are_the_same_for_any_thread_count),
         cmocka_unit_test(test_fast_backward_matches_reference),
+        cmocka_unit_test(test_weight_grad_to_sink_gives_the_stored_bits),
         cmocka_unit_test(test_fast_backward_accumulates_dw_and_db),
         cmocka_unit_test(test_backward_set_overwrites_dw_and_db),
         cmocka_unit_test(test_fast_backward_overwrites_dx),

@@ -1,9 +1,11 @@
-/* test_shortcuts.c — graft's two training shortcuts change no result, up to float
+/* test_shortcuts.c — graft's training shortcuts change no result, up to float
  * rounding: the feature cache (same weights and metrics with and without
  * --no-feature-cache, with a deterministic transform and with a random flip, whose both
  * orientations are cached and whose decisions are replayed) and the pooled-linear
  * folding (same weights and metrics with and without --no-fold, over several epochs of
- * SGD with momentum, weight decay and Nesterov, of AdamW, and of Adam without decay). */
+ * SGD with momentum, weight decay and Nesterov, of AdamW, and of Adam without decay);
+ * and the fused Linear update changes nothing at all (the same bits with and without
+ * --no-fused-update, under SGD and Adam). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -14,6 +16,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "core/tensor.h"
 #include "core/threads.h"
 #include "fixtures.h"
 #include "graft/graft.h"
@@ -197,6 +200,63 @@ static void folding_is_exact_under_adam_without_decay(void **s) {
     compare_fold("adam", opt, 4);
 }
 
+/* A head wide enough (96 outputs) for the small-batch kernel that feeds the fused
+ * update. */
+#define SPEC_FUSE "vgg:cfg=8-M-16-M,hidden=96,pool=2,dropout=0.5"
+
+/* Every tensor of name in run a has the same bytes in run b. */
+static void assert_same_tensors(const char *a, const char *b, const char *name) {
+    char pa[700], pb[700];
+    snprintf(pa, sizeof pa, "%s/%s", a, name);
+    snprintf(pb, sizeof pb, "%s/%s", b, name);
+    graft_tensor_map *x, *y;
+    if (graft_safetensors_load(pa, &x) || graft_safetensors_load(pb, &y)) fail_msg("%s", graft_errmsg());
+    assert_int_equal(graft_tensor_map_size(x), graft_tensor_map_size(y));
+    for (size_t i = 0; i < graft_tensor_map_size(x); i++) {
+        const char *key = graft_tensor_map_name(x, i);
+        graft_tensor *t = graft_tensor_map_tensor(x, i), *u = graft_tensor_map_get(y, key);
+        if (!u || graft_tensor_nbytes(t) != graft_tensor_nbytes(u) ||
+            memcmp(t->data, u->data, graft_tensor_nbytes(t)))
+            fail_msg("%s: %s differs", name, key);
+    }
+    graft_tensor_map_free(x);
+    graft_tensor_map_free(y);
+}
+
+static void compare_fused(const char *tag, const char **opt, int nopt) {
+    char a[512], b[512], ta[64], tb[64];
+    snprintf(ta, sizeof ta, "fuse-%s-on", tag);
+    snprintf(tb, sizeof tb, "fuse-%s-off", tag);
+    fx_tmp_path(a, sizeof a, ta);
+    fx_tmp_path(b, sizeof b, tb);
+    const char *extra[16];
+    for (int i = 0; i < nopt; i++) extra[i] = opt[i];
+    char *ma = train_with(a, SPEC_FUSE, "tensors:parity/fixtures/train/data.safetensors", extra, nopt);
+    extra[nopt] = "--no-fused-update";
+    char *mb = train_with(b, SPEC_FUSE, "tensors:parity/fixtures/train/data.safetensors", extra, nopt + 1);
+    assert_non_null(ma);
+    assert_non_null(mb);
+    assert_same_tensors(a, b, "last.safetensors");
+    assert_same_tensors(a, b, "last.state.safetensors");
+    free(ma);
+    free(mb);
+    cleanup(a);
+    cleanup(b);
+}
+
+static void the_fused_update_is_bit_exact_under_sgd(void **s) {
+    (void)s;
+    const char *opt[] = {"--optimizer", "sgd", "--lr", "0.05", "--momentum", "0.9", "--weight-decay", "0.01",
+                         "--nesterov"};
+    compare_fused("sgd", opt, 9);
+}
+
+static void the_fused_update_is_bit_exact_under_adam(void **s) {
+    (void)s;
+    const char *opt[] = {"--optimizer", "adam", "--lr", "0.003", "--weight-decay", "0.01"};
+    compare_fused("adam", opt, 6);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(cached_and_uncached_runs_agree),
@@ -205,6 +265,8 @@ int main(void) {
         cmocka_unit_test(folding_is_exact_under_sgd_with_momentum_decay_and_nesterov),
         cmocka_unit_test(folding_is_exact_under_adamw),
         cmocka_unit_test(folding_is_exact_under_adam_without_decay),
+        cmocka_unit_test(the_fused_update_is_bit_exact_under_sgd),
+        cmocka_unit_test(the_fused_update_is_bit_exact_under_adam),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     graft_threads_shutdown();
