@@ -6,12 +6,10 @@
  * side the packing and the thin panels cost more than the arithmetic: OpenBLAS reaches
  * about a third of its peak on these shapes (docs/performance.md).
  *
- * Forward and input gradient: the small operand (the batch, or its gradient) is packed
- * instead and the weights are read in place, once per 64 rows.  Both are
+ * Forward: the small operand (the batch) is packed instead and the weights are read in
+ * place, once per 64 rows:
  *
- *   C [m, j] = sum_p A [m, p] w (j, p)  (+ b [j])
- *     forward     A = x  [n, in],  j = output, p = input:   w (j, p) = w [j * in + p]
- *     input grad  A = dy [n, out], j = input,  p = output:  w (j, p) = w [p * in + j]
+ *   C [m, j] = sum_p A [m, p] w (j, p)  (+ b [j])     A = x [n, in], j = output, p = input
  *
  *   for each chunk of 64 rows of A, for each block of PB values of p:
  *       pack A [64, PB] transposed into at [PB][64]        (zero rows past n)
@@ -20,6 +18,11 @@
  *
  * The micro-kernel keeps ct [6, 64] in 24 zmm registers, loads a row of at (four
  * vectors) and broadcasts w (j, p) for its six outputs.
+ *
+ * Input gradient, dx = dy w: the weight's rows run along dx's outputs, so a tile keeps
+ * dx [6 samples, 64 inputs] in registers, loads 64 weights of a row and broadcasts
+ * dy [m, p] for its samples; the weights are copied chunk by chunk into packed blocks
+ * that stay in L1 (below, at dx_tile).
  *
  * Weight gradient written whole (dw = dy^T x into a gradient zeroed lazily, the
  * trainer's case): dy and x are packed into panels (6 columns of dy, 64 of x, the batch
@@ -55,11 +58,6 @@
  * the recipe's 4096 x 4096 layer (bench/linear_layers.c): 256 was fastest, 128 and 512
  * within 25 % (smaller panels reload the partial sums more often). */
 #define PB 256
-/* The input gradient reads the weight by columns, rows 4 * in bytes apart: its panels
- * are short so that the PB_DX rows of the weight a tile walks stay in L1/L2 for the
- * tiles beside it (a stride of a power of two maps them to few cache sets).  Measured
- * 24..48 best, 256 25 % slower than OpenBLAS. */
-#define PB_DX 32
 
 #if GRAFT_HAVE_AVX512_BUILD
 #define HAVE_AVX512_BUILD 1
@@ -74,9 +72,9 @@ bool graft_linear_avx512_available(void) { return graft_cpu_avx512f(); }
 
 #if HAVE_AVX512_BUILD
 
-/* C [m, j] = sum_p A [m, p] w (j, p) (+ b [j]), the weight read in place with strides:
- *   forward     A = x  [n, in],  j = output, p = input:   w (j, p) = w [j * in + p]
- *   input grad  A = dy [n, out], j = input,  p = output:  w (j, p) = w [p * in + j] */
+/* C [m, j] = sum_p A [m, p] w (j, p) (+ b [j]), the weight read in place with strides
+ * w (j, p) = w [j * rs + p * cs]: the forward, A = x [n, in], j = output, p = input,
+ * w (j, p) = w [j * in + p]. */
 typedef struct product_job {
     int64_t n, p, j, rs, cs, pb, tiles, slabs;
     const float *a, *w, *b;
@@ -173,6 +171,112 @@ static bool product(graft_ctx *ctx, int64_t n, int64_t p, int64_t j, const float
                       .a = a, .w = w, .b = b, .c = c, .scratch = scratch};
     graft_parallel_for(slabs, 1, product_slab, &jb);
     return true;
+}
+
+/* ---- input gradient: dx [m, i] = sum_p dy [m, p] w [p, i] -------------------------- */
+
+/* The weight's rows are contiguous in i, the input gradient's outputs: a tile keeps
+ * dx [6 samples, 64 inputs] in 24 registers and, for each p, loads 64 weights of row p
+ * and broadcasts dy [m, p] for its six samples.  The weights are first copied, a chunk
+ * of DX_PC rows by DX_IW inputs at a time (each row's part one 4 KiB run, which the
+ * hardware prefetches), into packed blocks of DX_PC x 64 (16 KiB, in L1) that every
+ * tile of samples then reads: read in place, rows 16 KiB apart in the recipe's layer
+ * map to few cache sets, and short runs of many rows leave the loads waiting on memory.
+ * Each dx [m, i] is summed over p in ascending order from zero, as product() sums it. */
+#define DX_IV 4               /* vectors of inputs per tile */
+#define DX_IB (DX_IV * LANES) /* inputs per tile: 64 */
+#define DX_MR 6               /* samples per tile: 6 x 4 = 24 accumulators */
+#define DX_PC 64              /* rows of w per packed chunk */
+#define DX_IW 1024            /* inputs per chunk at most: DX_IW / DX_IB packed blocks, 256 KiB;
+                                 narrower where that leaves a thread without a chunk */
+
+typedef struct dx_job {
+    int64_t n, in, out, iw, blocks, slabs; /* blocks of iw inputs */
+    const float *dy, *w;
+    float *dx;
+    float *scratch; /* DX_PC x DX_IW packed weights per slab */
+} dx_job;
+
+/* dx [mr rows (stride ldx), nv vectors] (+)= sum over pc rows p of dy [r * ldy + p] wp [p][.];
+ * from zero when first; the last vector masked. */
+AVX512_INLINE void dx_tile(int mr, int nv, __mmask16 last, bool first, int64_t pc, const float *dy, int64_t ldy,
+                           const float *wp, float *dx, int64_t ldx) {
+    __m512 c[DX_MR][DX_IV];
+    for (int r = 0; r < mr; r++)
+        for (int v = 0; v < nv; v++)
+            c[r][v] = first ? _mm512_setzero_ps()
+                            : _mm512_maskz_loadu_ps(v == nv - 1 ? last : (__mmask16)0xFFFF, dx + r * ldx + v * LANES);
+    for (int64_t p = 0; p < pc; p++) {
+        __m512 wv[DX_IV];
+        for (int v = 0; v < nv; v++) wv[v] = _mm512_load_ps(wp + p * DX_IB + v * LANES);
+        for (int r = 0; r < mr; r++) {
+            __m512 d = _mm512_set1_ps(dy[r * ldy + p]);
+            for (int v = 0; v < nv; v++) c[r][v] = _mm512_fmadd_ps(d, wv[v], c[r][v]);
+        }
+    }
+    for (int r = 0; r < mr; r++)
+        for (int v = 0; v < nv; v++)
+            _mm512_mask_storeu_ps(dx + r * ldx + v * LANES, v == nv - 1 ? last : (__mmask16)0xFFFF, c[r][v]);
+}
+
+#define DX_NV(MR)                                                                                  \
+    switch (nv) {                                                                                  \
+    case 4: dx_tile(MR, 4, last, first, pc, dy, ldy, wp, dx, ldx); break;                         \
+    case 3: dx_tile(MR, 3, last, first, pc, dy, ldy, wp, dx, ldx); break;                         \
+    case 2: dx_tile(MR, 2, last, first, pc, dy, ldy, wp, dx, ldx); break;                         \
+    default: dx_tile(MR, 1, last, first, pc, dy, ldy, wp, dx, ldx); break;                        \
+    }
+
+/* One call per tile shape, so each keeps its accumulators in registers. */
+AVX512 static void dx_tile_any(int mr, int64_t cols, bool first, int64_t pc, const float *dy, int64_t ldy,
+                               const float *wp, float *dx, int64_t ldx) {
+    int nv = (int)((cols + LANES - 1) / LANES);
+    int tail = (int)(cols - (int64_t)(nv - 1) * LANES);
+    __mmask16 last = (__mmask16)(tail == LANES ? 0xFFFF : (1u << tail) - 1u);
+    if (mr == DX_MR && nv == DX_IV) {
+        dx_tile(DX_MR, DX_IV, last, first, pc, dy, ldy, wp, dx, ldx);
+        return;
+    }
+    switch (mr) {
+    case 6: DX_NV(6) break;
+    case 5: DX_NV(5) break;
+    case 4: DX_NV(4) break;
+    case 3: DX_NV(3) break;
+    case 2: DX_NV(2) break;
+    default: DX_NV(1) break;
+    }
+}
+
+/* Slab s: the inputs in blocks [blocks * s / slabs, blocks * (s + 1) / slabs) of iw. */
+static void dx_slab(void *arg, int64_t begin, int64_t end) {
+    const dx_job *jb = arg;
+    for (int64_t s = begin; s < end; s++) {
+        float *wp = jb->scratch + s * DX_PC * jb->iw;
+        for (int64_t b = jb->blocks * s / jb->slabs; b < jb->blocks * (s + 1) / jb->slabs; b++) {
+            int64_t i0 = b * jb->iw, width = jb->in - i0 < jb->iw ? jb->in - i0 : jb->iw;
+            int64_t subs = (width + DX_IB - 1) / DX_IB;
+            for (int64_t p0 = 0; p0 < jb->out; p0 += DX_PC) {
+                int64_t pc = jb->out - p0 < DX_PC ? jb->out - p0 : DX_PC;
+                for (int64_t p = 0; p < pc; p++) {
+                    const float *row = jb->w + (p0 + p) * jb->in + i0;
+                    for (int64_t sb = 0; sb < subs; sb++) {
+                        int64_t cols = width - sb * DX_IB < DX_IB ? width - sb * DX_IB : DX_IB;
+                        float *to = wp + (sb * DX_PC + p) * DX_IB;
+                        memcpy(to, row + sb * DX_IB, (size_t)cols * sizeof(float));
+                        if (cols < DX_IB) memset(to + cols, 0, (size_t)(DX_IB - cols) * sizeof(float));
+                    }
+                }
+                for (int64_t sb = 0; sb < subs; sb++) {
+                    int64_t cols = width - sb * DX_IB < DX_IB ? width - sb * DX_IB : DX_IB;
+                    for (int64_t m0 = 0; m0 < jb->n; m0 += DX_MR) {
+                        int mr = jb->n - m0 < DX_MR ? (int)(jb->n - m0) : DX_MR;
+                        dx_tile_any(mr, cols, p0 == 0, pc, jb->dy + m0 * jb->out + p0, jb->out,
+                                    wp + sb * DX_PC * DX_IB, jb->dx + m0 * jb->in + i0 + sb * DX_IB, jb->in);
+                    }
+                }
+            }
+        }
+    }
 }
 
 /* ---- weight gradient: dw [o, k] = sum_m dy [m, o] x [m, k] ------------------------- */
@@ -312,7 +416,16 @@ bool graft_linear_input_grad_avx512(graft_ctx *ctx, int64_t n, int64_t in, int64
                                     float *dx) {
 #if HAVE_AVX512_BUILD
     if (!graft_linear_avx512_available() || n <= 0 || in <= 0 || out <= 0) return false;
-    return product(ctx, n, out, in, dy, w, 1, in, PB_DX, NULL, dx);
+    int64_t threads = graft_num_threads();
+    int64_t iw = (in + threads * DX_IB - 1) / (threads * DX_IB) * DX_IB; /* a block per thread at least */
+    if (iw > DX_IW) iw = DX_IW;
+    int64_t blocks = (in + iw - 1) / iw, slabs = threads < blocks ? threads : blocks;
+    float *scratch = graft_ctx_workspace(ctx, (size_t)(slabs * DX_PC * iw)); /* aligned to a cache line */
+    if (!scratch) return false;
+    dx_job jb = {.n = n, .in = in, .out = out, .iw = iw, .blocks = blocks, .slabs = slabs, .dy = dy, .w = w,
+                 .dx = dx, .scratch = scratch};
+    graft_parallel_for(slabs, 1, dx_slab, &jb);
+    return true;
 #else
     (void)ctx, (void)n, (void)in, (void)out, (void)dy, (void)w, (void)dx;
     return false;
