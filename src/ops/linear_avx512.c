@@ -9,15 +9,15 @@
  * Forward: the small operand (the batch) is packed instead and the weights are read in
  * place, once per 64 rows:
  *
- *   C [m, j] = sum_p A [m, p] w (j, p)  (+ b [j])     A = x [n, in], j = output, p = input
+ *   y [m, j] = sum_p x [m, p] w [j, p]  (+ b [j])
  *
- *   for each chunk of 64 rows of A, for each block of PB values of p:
- *       pack A [64, PB] transposed into at [PB][64]        (zero rows past n)
- *       for each JR outputs:                                ct [JR, 64] += w (JR, PB) . at
- *   write ct transposed into C, adding the bias
+ *   for each chunk of 64 rows of x, for each block of PB inputs p:
+ *       pack x [64, PB] transposed into xt [PB][64]        (zero rows past n)
+ *       for each JR outputs:                                yt [JR, 64] += w [JR, PB] . xt
+ *   write yt transposed into y, adding the bias
  *
- * The micro-kernel keeps ct [6, 64] in 24 zmm registers, loads a row of at (four
- * vectors) and broadcasts w (j, p) for its six outputs.
+ * The micro-kernel keeps yt [6, 64] in 24 zmm registers, loads a row of xt (four
+ * vectors) and broadcasts w [j, p] for its six outputs.
  *
  * Input gradient, dx = dy w: the weight's rows run along dx's outputs, so a tile keeps
  * dx [6 samples, 64 inputs] in registers, loads 64 weights of a row and broadcasts
@@ -72,105 +72,85 @@ bool graft_linear_avx512_available(void) { return graft_cpu_avx512f(); }
 
 #if HAVE_AVX512_BUILD
 
-/* C [m, j] = sum_p A [m, p] w (j, p) (+ b [j]), the weight read in place with strides
- * w (j, p) = w [j * rs + p * cs]: the forward, A = x [n, in], j = output, p = input,
- * w (j, p) = w [j * in + p]. */
-typedef struct product_job {
-    int64_t n, p, j, rs, cs, pb, tiles, slabs;
-    const float *a, *w, *b;
-    float *c;
-    float *scratch; /* a panel of pb x MB per slab, then the partial sums ct [j][MB] */
-} product_job;
+/* y [m, j] = sum_p x [m, p] w [j, p] (+ b [j]), the weight read in place. */
+typedef struct forward_job {
+    int64_t n, in, out, tiles, slabs;
+    const float *x, *w, *b;
+    float *y;
+    float *scratch; /* a panel of PB x MB per slab, then the partial sums yt [out][MB] */
+} forward_job;
 
-/* at [pn][MB] = A [mn, pn]^T (row stride lda), rows past mn zero. */
-static void pack_transposed(int64_t mn, int64_t pn, const float *a, int64_t lda, float *at) {
+/* xt [pn][MB] = x [mn, pn]^T (row stride ldx), rows past mn zero. */
+static void pack_transposed(int64_t mn, int64_t pn, const float *x, int64_t ldx, float *xt) {
     for (int64_t m = 0; m < mn; m++) {
-        const float *row = a + m * lda;
-        for (int64_t p = 0; p < pn; p++) at[p * MB + m] = row[p];
+        const float *row = x + m * ldx;
+        for (int64_t p = 0; p < pn; p++) xt[p * MB + m] = row[p];
     }
     for (int64_t m = mn; m < MB; m++)
-        for (int64_t p = 0; p < pn; p++) at[p * MB + m] = 0.0f;
+        for (int64_t p = 0; p < pn; p++) xt[p * MB + m] = 0.0f;
 }
 
-/* ct [jr][MB] (+)= sum_p w [j * rs + p * cs] at [p][.] over pn values of p; starts from
- * zero when first. */
-AVX512_INLINE void product_tile(int jr, bool first, int64_t pn, const float *w, int64_t rs, int64_t cs,
-                                const float *at, float *ct) {
+/* yt [jr][MB] (+)= sum_p w [j, p] xt [p][.] over pn inputs (weight rows ldw apart);
+ * starts from zero when first. */
+AVX512_INLINE void forward_tile(int jr, bool first, int64_t pn, const float *w, int64_t ldw, const float *xt,
+                                float *yt) {
     __m512 c[JR][MV];
     for (int j = 0; j < jr; j++)
-        for (int v = 0; v < MV; v++) c[j][v] = first ? _mm512_setzero_ps() : _mm512_load_ps(ct + j * MB + v * LANES);
+        for (int v = 0; v < MV; v++) c[j][v] = first ? _mm512_setzero_ps() : _mm512_load_ps(yt + j * MB + v * LANES);
     for (int64_t p = 0; p < pn; p++) {
-        const float *ap = at + p * MB;
-        __m512 a0 = _mm512_load_ps(ap), a1 = _mm512_load_ps(ap + LANES), a2 = _mm512_load_ps(ap + 2 * LANES),
-               a3 = _mm512_load_ps(ap + 3 * LANES);
-        const float *wp = w + p * cs;
+        const float *xp = xt + p * MB;
+        __m512 x0 = _mm512_load_ps(xp), x1 = _mm512_load_ps(xp + LANES), x2 = _mm512_load_ps(xp + 2 * LANES),
+               x3 = _mm512_load_ps(xp + 3 * LANES);
         for (int j = 0; j < jr; j++) {
-            __m512 wj = _mm512_set1_ps(wp[j * rs]);
-            c[j][0] = _mm512_fmadd_ps(wj, a0, c[j][0]);
-            c[j][1] = _mm512_fmadd_ps(wj, a1, c[j][1]);
-            c[j][2] = _mm512_fmadd_ps(wj, a2, c[j][2]);
-            c[j][3] = _mm512_fmadd_ps(wj, a3, c[j][3]);
+            __m512 wj = _mm512_set1_ps(w[j * ldw + p]);
+            c[j][0] = _mm512_fmadd_ps(wj, x0, c[j][0]);
+            c[j][1] = _mm512_fmadd_ps(wj, x1, c[j][1]);
+            c[j][2] = _mm512_fmadd_ps(wj, x2, c[j][2]);
+            c[j][3] = _mm512_fmadd_ps(wj, x3, c[j][3]);
         }
     }
     for (int j = 0; j < jr; j++)
-        for (int v = 0; v < MV; v++) _mm512_store_ps(ct + j * MB + v * LANES, c[j][v]);
+        for (int v = 0; v < MV; v++) _mm512_store_ps(yt + j * MB + v * LANES, c[j][v]);
 }
 
 /* One call per tile width, so each keeps its accumulators in registers. */
-AVX512 static void product_tile_any(int jr, bool first, int64_t pn, const float *w, int64_t rs, int64_t cs,
-                                    const float *at, float *ct) {
+AVX512 static void forward_tile_any(int jr, bool first, int64_t pn, const float *w, int64_t ldw, const float *xt,
+                                    float *yt) {
     switch (jr) {
-    case 6: product_tile(6, first, pn, w, rs, cs, at, ct); break;
-    case 5: product_tile(5, first, pn, w, rs, cs, at, ct); break;
-    case 4: product_tile(4, first, pn, w, rs, cs, at, ct); break;
-    case 3: product_tile(3, first, pn, w, rs, cs, at, ct); break;
-    case 2: product_tile(2, first, pn, w, rs, cs, at, ct); break;
-    default: product_tile(1, first, pn, w, rs, cs, at, ct); break;
+    case 6: forward_tile(6, first, pn, w, ldw, xt, yt); break;
+    case 5: forward_tile(5, first, pn, w, ldw, xt, yt); break;
+    case 4: forward_tile(4, first, pn, w, ldw, xt, yt); break;
+    case 3: forward_tile(3, first, pn, w, ldw, xt, yt); break;
+    case 2: forward_tile(2, first, pn, w, ldw, xt, yt); break;
+    default: forward_tile(1, first, pn, w, ldw, xt, yt); break;
     }
 }
 
 /* Slab s: the outputs of tiles [tiles * s / slabs, tiles * (s + 1) / slabs). */
-static void product_slab(void *arg, int64_t begin, int64_t end) {
-    const product_job *jb = arg;
+static void forward_slab(void *arg, int64_t begin, int64_t end) {
+    const forward_job *jb = arg;
     for (int64_t s = begin; s < end; s++) {
         int64_t jlo = jb->tiles * s / jb->slabs * JR, jhi = jb->tiles * (s + 1) / jb->slabs * JR;
-        if (jhi > jb->j) jhi = jb->j;
+        if (jhi > jb->out) jhi = jb->out;
         if (jlo >= jhi) continue;
-        float *at = jb->scratch + s * jb->pb * MB;
-        float *ct = jb->scratch + jb->slabs * jb->pb * MB + jlo * MB;
+        float *xt = jb->scratch + s * PB * MB;
+        float *yt = jb->scratch + jb->slabs * PB * MB + jlo * MB;
         for (int64_t m0 = 0; m0 < jb->n; m0 += MB) {
             int64_t mn = jb->n - m0 < MB ? jb->n - m0 : MB;
-            for (int64_t p0 = 0; p0 < jb->p; p0 += jb->pb) {
-                int64_t pn = jb->p - p0 < jb->pb ? jb->p - p0 : jb->pb;
-                pack_transposed(mn, pn, jb->a + m0 * jb->p + p0, jb->p, at);
+            for (int64_t p0 = 0; p0 < jb->in; p0 += PB) {
+                int64_t pn = jb->in - p0 < PB ? jb->in - p0 : PB;
+                pack_transposed(mn, pn, jb->x + m0 * jb->in + p0, jb->in, xt);
                 for (int64_t j0 = jlo; j0 < jhi; j0 += JR) {
                     int jr = jhi - j0 < JR ? (int)(jhi - j0) : JR;
-                    product_tile_any(jr, p0 == 0, pn, jb->w + j0 * jb->rs + p0 * jb->cs, jb->rs, jb->cs, at,
-                                     ct + (j0 - jlo) * MB);
+                    forward_tile_any(jr, p0 == 0, pn, jb->w + j0 * jb->in + p0, jb->in, xt, yt + (j0 - jlo) * MB);
                 }
             }
             for (int64_t m = 0; m < mn; m++) {
-                float *row = jb->c + (m0 + m) * jb->j;
-                for (int64_t j = jlo; j < jhi; j++) row[j] = ct[(j - jlo) * MB + m] + (jb->b ? jb->b[j] : 0.0f);
+                float *row = jb->y + (m0 + m) * jb->out;
+                for (int64_t j = jlo; j < jhi; j++) row[j] = yt[(j - jlo) * MB + m] + (jb->b ? jb->b[j] : 0.0f);
             }
         }
     }
-}
-
-static bool product(graft_ctx *ctx, int64_t n, int64_t p, int64_t j, const float *a, const float *w, int64_t rs,
-                    int64_t cs,
-                    int64_t pb, const float *b, float *c) {
-    int64_t tiles = (j + JR - 1) / JR;
-    int64_t slabs = graft_num_threads();
-    if (slabs > tiles) slabs = tiles;
-    if (slabs < 1) slabs = 1;
-    size_t floats = (size_t)(slabs * pb * MB + tiles * JR * MB);
-    float *scratch = graft_ctx_workspace(ctx, floats); /* aligned to a cache line */
-    if (!scratch) return false;
-    product_job jb = {.n = n, .p = p, .j = j, .rs = rs, .cs = cs, .pb = pb, .tiles = tiles, .slabs = slabs,
-                      .a = a, .w = w, .b = b, .c = c, .scratch = scratch};
-    graft_parallel_for(slabs, 1, product_slab, &jb);
-    return true;
 }
 
 /* ---- input gradient: dx [m, i] = sum_p dy [m, p] w [p, i] -------------------------- */
@@ -182,7 +162,7 @@ static bool product(graft_ctx *ctx, int64_t n, int64_t p, int64_t j, const float
  * hardware prefetches), into packed blocks of DX_PC x 64 (16 KiB, in L1) that every
  * tile of samples then reads: read in place, rows 16 KiB apart in the recipe's layer
  * map to few cache sets, and short runs of many rows leave the loads waiting on memory.
- * Each dx [m, i] is summed over p in ascending order from zero, as product() sums it. */
+ * Each dx [m, i] is summed over p in ascending order from zero. */
 #define DX_IV 4               /* vectors of inputs per tile */
 #define DX_IB (DX_IV * LANES) /* inputs per tile: 64 */
 #define DX_MR 6               /* samples per tile: 6 x 4 = 24 accumulators */
@@ -339,30 +319,35 @@ AVX512 static void wgrad_tile_any(int orows, int64_t kn, int64_t n, const float 
     }
 }
 
-/* Slab s: the rows of dw in tiles [otiles * s / slabs, otiles * (s + 1) / slabs). */
-static void wgrad_slab(void *arg, int64_t begin, int64_t end) {
-    const wgrad_job *jb = arg;
-    for (int64_t s = begin; s < end; s++) {
-        int64_t tlo = jb->otiles * s / jb->slabs, thi = jb->otiles * (s + 1) / jb->slabs;
-        for (int64_t k1 = 0; k1 < jb->in; k1 += KB) {
-            int64_t k2 = jb->in - k1 < KB ? jb->in : k1 + KB;
-            for (int64_t t = tlo; t < thi; t++) {
-                int64_t o0 = t * OR;
-                int orows = jb->out - o0 < OR ? (int)(jb->out - o0) : OR;
-                for (int64_t k0 = k1; k0 < k2; k0 += MB) {
-                    int64_t kn = k2 - k0 < MB ? k2 - k0 : MB;
-                    wgrad_tile_any(orows, kn, jb->n, jb->dyt + t * jb->n * OR, jb->xp + (k0 / MB) * jb->n * MB,
-                                   jb->dw + o0 * jb->in + k0, jb->in);
-                }
+/* Rows of dw in tiles [t0, t1) into dst (row o at dst + (o - t0 * OR) * in), block by
+ * block of KB columns so that x's packed block stays in L2 for every tile. */
+static void wgrad_rows(const wgrad_job *jb, int64_t t0, int64_t t1, float *dst) {
+    for (int64_t k1 = 0; k1 < jb->in; k1 += KB) {
+        int64_t k2 = jb->in - k1 < KB ? jb->in : k1 + KB;
+        for (int64_t t = t0; t < t1; t++) {
+            int64_t o0 = t * OR;
+            int orows = jb->out - o0 < OR ? (int)(jb->out - o0) : OR;
+            for (int64_t k0 = k1; k0 < k2; k0 += MB) {
+                int64_t kn = k2 - k0 < MB ? k2 - k0 : MB;
+                wgrad_tile_any(orows, kn, jb->n, jb->dyt + t * jb->n * OR, jb->xp + (k0 / MB) * jb->n * MB,
+                               dst + (o0 - t0 * OR) * jb->in + k0, jb->in);
             }
         }
     }
 }
 
+/* Slab s: the rows of dw in tiles [otiles * s / slabs, otiles * (s + 1) / slabs). */
+static void wgrad_slab(void *arg, int64_t begin, int64_t end) {
+    const wgrad_job *jb = arg;
+    for (int64_t s = begin; s < end; s++) {
+        int64_t tlo = jb->otiles * s / jb->slabs, thi = jb->otiles * (s + 1) / jb->slabs;
+        wgrad_rows(jb, tlo, thi, jb->dw + tlo * OR * jb->in);
+    }
+}
+
 /* Fused with the optimiser (graft_linear_weight_grad_avx512_sink): slab s computes its
  * rows of dw band by band, a band of `band` tiles into the slab's scratch (the same
- * tiles, blocks and order as wgrad_slab), and hands each band to the sink while it is
- * still in cache. */
+ * tiles as wgrad_slab), and hands each band to the sink while it is still in cache. */
 typedef struct wgrad_sink_job {
     wgrad_job w;
     int64_t band;                 /* tiles per band */
@@ -378,19 +363,7 @@ static void wgrad_sink_slab(void *arg, int64_t begin, int64_t end) {
         float *band = sj->bands + s * sj->band * OR * jb->in;
         for (int64_t t0 = tlo; t0 < thi; t0 += sj->band) {
             int64_t t1 = thi - t0 < sj->band ? thi : t0 + sj->band;
-            for (int64_t k1 = 0; k1 < jb->in; k1 += KB) {
-                int64_t k2 = jb->in - k1 < KB ? jb->in : k1 + KB;
-                for (int64_t t = t0; t < t1; t++) {
-                    int64_t o0 = t * OR;
-                    int orows = jb->out - o0 < OR ? (int)(jb->out - o0) : OR;
-                    for (int64_t k0 = k1; k0 < k2; k0 += MB) {
-                        int64_t kn = k2 - k0 < MB ? k2 - k0 : MB;
-                        wgrad_tile_any(orows, kn, jb->n, jb->dyt + t * jb->n * OR,
-                                       jb->xp + (k0 / MB) * jb->n * MB, band + (o0 - t0 * OR) * jb->in + k0,
-                                       jb->in);
-                    }
-                }
-            }
+            wgrad_rows(jb, t0, t1, band);
             int64_t r0 = t0 * OR, r1 = t1 * OR < jb->out ? t1 * OR : jb->out;
             sj->sink->piece(sj->sink->user, r0 * jb->in, r1 * jb->in, band);
         }
@@ -405,7 +378,16 @@ bool graft_linear_forward_avx512(graft_ctx *ctx, int64_t n, int64_t in, int64_t 
                                  const float *b, float *y) {
 #if HAVE_AVX512_BUILD
     if (!graft_linear_avx512_available() || n <= 0 || in <= 0 || out <= 0) return false;
-    return product(ctx, n, in, out, x, w, in, 1, PB, b, y);
+    int64_t tiles = (out + JR - 1) / JR;
+    int64_t slabs = graft_num_threads();
+    if (slabs > tiles) slabs = tiles;
+    if (slabs < 1) slabs = 1;
+    float *scratch = graft_ctx_workspace(ctx, (size_t)(slabs * PB * MB + tiles * JR * MB)); /* cache-line aligned */
+    if (!scratch) return false;
+    forward_job jb = {.n = n, .in = in, .out = out, .tiles = tiles, .slabs = slabs, .x = x, .w = w, .b = b,
+                      .y = y, .scratch = scratch};
+    graft_parallel_for(slabs, 1, forward_slab, &jb);
+    return true;
 #else
     (void)ctx, (void)n, (void)in, (void)out, (void)x, (void)w, (void)b, (void)y;
     return false;
@@ -433,17 +415,18 @@ bool graft_linear_input_grad_avx512(graft_ctx *ctx, int64_t n, int64_t in, int64
 }
 
 #if HAVE_AVX512_BUILD
-/* Packs dy and x for the weight-gradient tiles into ctx's workspace, with `extra` more
- * floats after them (cache-line aligned) in *extra_out; fills *jb.  False: no memory. */
+/* Packs dy and x for the weight-gradient tiles into ctx's workspace, with
+ * extra_per_slab more floats per slab after them (cache-line aligned) in *extra_out;
+ * fills *jb.  False: no memory. */
 static bool wgrad_prepare(graft_ctx *ctx, int64_t n, int64_t in, int64_t out, const float *dy, const float *x,
-                          float *dw, size_t extra, wgrad_job *jb, float **extra_out) {
+                          float *dw, size_t extra_per_slab, wgrad_job *jb, float **extra_out) {
     int64_t otiles = (out + OR - 1) / OR, panels = (in + MB - 1) / MB;
     int64_t slabs = graft_num_threads();
     if (slabs > otiles) slabs = otiles;
     if (slabs < 1) slabs = 1;
     int64_t dy_floats = (otiles * n * OR + LANES - 1) / LANES * LANES; /* keeps xp aligned */
     size_t packed = (size_t)(dy_floats + panels * n * MB);
-    float *scratch = graft_ctx_workspace(ctx, packed + extra);
+    float *scratch = graft_ctx_workspace(ctx, packed + (size_t)slabs * extra_per_slab);
     if (!scratch) return false;
     float *dyt = scratch, *xp = scratch + dy_floats;
     for (int64_t t = 0; t < otiles; t++)
@@ -486,11 +469,8 @@ bool graft_linear_weight_grad_avx512_sink(graft_ctx *ctx, int64_t n, int64_t in,
     if (!graft_linear_avx512_available() || n <= 0 || in <= 0 || out <= 0) return false;
     int64_t band = BAND_FLOATS / (OR * in);
     if (band < 1) band = 1;
-    int64_t slabs = graft_num_threads(), otiles = (out + OR - 1) / OR;
-    if (slabs > otiles) slabs = otiles;
-    if (slabs < 1) slabs = 1;
     wgrad_sink_job sj = {.band = band, .sink = sink};
-    if (!wgrad_prepare(ctx, n, in, out, dy, x, NULL, (size_t)(slabs * band * OR * in), &sj.w, &sj.bands)) return false;
+    if (!wgrad_prepare(ctx, n, in, out, dy, x, NULL, (size_t)(band * OR * in), &sj.w, &sj.bands)) return false;
     sink->begin(sink->user);
     graft_parallel_for(sj.w.slabs, 1, wgrad_sink_slab, &sj);
     return true;

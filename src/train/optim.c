@@ -62,9 +62,8 @@ typedef struct optim_slot {
     graft_tensor buf;        /* SGD momentum_buffer, Adam exp_avg (empty when unused) */
     graft_tensor sq;         /* exp_avg_sq */
     graft_tensor sq_max;     /* max_exp_avg_sq (amsgrad) */
-    /* the fused update (graft_optim_sink) */
-    graft_optim *owner;
-    bool sunk;               /* this step's update was applied as the gradient came */
+    bool sunk;               /* this step's update was applied as its gradient came (the fused
+                                update, graft_optim_sink) */
 } optim_slot;
 
 typedef struct sink_state sink_state;
@@ -74,8 +73,7 @@ struct graft_optim {
     double lr[GRAFT_OPTIM_MAX_GROUPS];
     size_t n;
     optim_slot *slots;
-    sink_state *sink_states;  /* [n], for graft_optim_sink (allocated by its first call) */
-    graft_grad_sink *sinks;   /* [n] */
+    sink_state *sinks;        /* [n], for graft_optim_sink (allocated by its first call) */
 };
 
 /* ---- options -------------------------------------------------------------------- */
@@ -156,7 +154,6 @@ static void free_slots(optim_slot *slots, size_t n) {
 
 void graft_optim_free(graft_optim *opt) {
     if (!opt) return;
-    free(opt->sink_states);
     free(opt->sinks);
     free_slots(opt->slots, opt->n);
     free(opt);
@@ -201,7 +198,6 @@ graft_status graft_optim_create(const graft_optim_options *o, size_t n, const gr
         graft_tensor_init(&sl->sq, GRAFT_F32);
         graft_tensor_init(&sl->sq_max, GRAFT_F32);
         sl->value = p->value;
-        sl->owner = opt;
         sl->grad = p->grad;
         sl->frozen = p->frozen;
         sl->group = p->group;
@@ -423,6 +419,11 @@ static bool slot_active(const optim_slot *sl) {
     return !(sl->frozen && *sl->frozen) && sl->grad && sl->grad->data;
 }
 
+/* The loop that updates elements [b, e) of one parameter for this optimiser's kind. */
+static void (*update_range(const graft_optim *opt))(void *, int64_t, int64_t) {
+    return opt->o.kind == GRAFT_OPTIM_SGD ? sgd_range : adam_range;
+}
+
 /* The scalars of slot sl's update at this step (counting the step), with g as its
  * gradient. */
 static void prepare_update(graft_optim *opt, optim_slot *sl, const float *g, update *u) {
@@ -481,22 +482,25 @@ graft_status graft_optim_step(graft_optim *opt) {
         }
         update u;
         prepare_update(opt, sl, sl->grad->data, &u);
-        graft_parallel_for(sl->n, OPTIM_MIN_CHUNK, o->kind == GRAFT_OPTIM_SGD ? sgd_range : adam_range, &u);
+        graft_parallel_for(sl->n, OPTIM_MIN_CHUNK, update_range(opt), &u);
     }
     return GRAFT_OK;
 }
 
 /* ---- the fused update ------------------------------------------------------------------ */
 
-/* The update prepared by sink_begin, kept for the pieces: one parameter's per step. */
+/* One parameter's sink: the update sink_begin prepares at each step, kept for the
+ * pieces. */
 struct sink_state {
+    graft_grad_sink sink;
+    graft_optim *opt;
     optim_slot *slot;
     update u;
 };
 
 static void sink_begin(void *user) {
     sink_state *st = user;
-    prepare_update(st->slot->owner, st->slot, NULL, &st->u);
+    prepare_update(st->opt, st->slot, NULL, &st->u);
     st->slot->sunk = true;
 }
 
@@ -510,8 +514,7 @@ static void sink_piece(void *user, int64_t begin, int64_t end, const float *g) {
     if (u.buf) u.buf += begin;
     if (u.sq) u.sq += begin;
     if (u.sq_max) u.sq_max += begin;
-    if (st->slot->owner->o.kind == GRAFT_OPTIM_SGD) sgd_range(&u, 0, end - begin);
-    else adam_range(&u, 0, end - begin);
+    update_range(st->opt)(&u, 0, end - begin);
 }
 
 graft_status graft_optim_sink(graft_optim *opt, const graft_tensor *value, const graft_grad_sink **sink) {
@@ -522,20 +525,11 @@ graft_status graft_optim_sink(graft_optim *opt, const graft_tensor *value, const
     if (opt->slots[i].fold != 1.0)
         return graft_error(GRAFT_ERR_INVALID, "optimizer: %s stands for folded replicas; its update cannot be fused",
                            opt->slots[i].name);
-    if (!opt->sinks) {
-        opt->sink_states = calloc(opt->n, sizeof *opt->sink_states);
-        opt->sinks = calloc(opt->n, sizeof *opt->sinks);
-        if (!opt->sink_states || !opt->sinks) {
-            free(opt->sink_states);
-            free(opt->sinks);
-            opt->sink_states = NULL;
-            opt->sinks = NULL;
-            return graft_error(GRAFT_ERR_NOMEM, "out of memory for the optimizer's fused updates");
-        }
-    }
-    opt->sink_states[i].slot = &opt->slots[i];
-    opt->sinks[i] = (graft_grad_sink){.begin = sink_begin, .piece = sink_piece, .user = &opt->sink_states[i]};
-    *sink = &opt->sinks[i];
+    if (!opt->sinks && !(opt->sinks = calloc(opt->n, sizeof *opt->sinks)))
+        return graft_error(GRAFT_ERR_NOMEM, "out of memory for the optimizer's fused updates");
+    sink_state *st = &opt->sinks[i];
+    *st = (sink_state){.sink = {sink_begin, sink_piece, st}, .opt = opt, .slot = &opt->slots[i]};
+    *sink = &st->sink;
     return GRAFT_OK;
 }
 
