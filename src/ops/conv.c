@@ -43,6 +43,7 @@ void graft_conv2d_set_kernel(graft_conv2d_kernel k) { forced_kernel = k; }
 graft_conv2d_kernel graft_conv2d_forward_kernel(const graft_conv2d_geom *g) {
     if (forced_kernel == GRAFT_CONV2D_GEMM || !graft_conv2d_avx512_available() || !graft_conv2d_avx512_fits(g))
         return GRAFT_CONV2D_GEMM;
+    if (forced_kernel != GRAFT_CONV2D_AVX512 && graft_conv2d_winograd_fits(g)) return GRAFT_CONV2D_WINOGRAD;
     return GRAFT_CONV2D_AVX512;
 }
 
@@ -255,7 +256,13 @@ static graft_status check_blas_dims(const graft_conv2d_geom *g) {
 /* x [n, c, h, w], w [oc, c, kh, kw], b [oc] or NULL -> y [n, oc, oh, ow] */
 graft_status graft_conv2d_forward(graft_ctx *ctx, const graft_conv2d_geom *g, const float *x,
                                   const float *w, const float *b, float *y) {
-    if (graft_conv2d_forward_kernel(g) == GRAFT_CONV2D_AVX512) {
+    graft_conv2d_kernel kernel = graft_conv2d_forward_kernel(g);
+    if (kernel == GRAFT_CONV2D_WINOGRAD) {
+        float *scratch = graft_ctx_workspace(ctx, graft_conv2d_winograd_workspace_floats(g));
+        if (!scratch) return GRAFT_ERR_NOMEM;
+        return graft_conv2d_forward_winograd(g, x, w, b, y, scratch);
+    }
+    if (kernel == GRAFT_CONV2D_AVX512) {
         float *scratch = graft_ctx_workspace(ctx, graft_conv2d_avx512_workspace_floats(g));
         if (!scratch) return GRAFT_ERR_NOMEM;
         return graft_conv2d_forward_avx512(g, x, w, b, y, scratch);
@@ -313,7 +320,7 @@ static bool dx_as_forward(const graft_conv2d_geom *g, graft_conv2d_geom *t) {
     graft_conv2d_geom f = {.n = g->n, .c = g->oc, .h = g->oh, .w = g->ow, .oc = g->c, .kh = g->kh,
                            .kw = g->kw, .sh = 1, .sw = 1, .ph = g->kh - 1 - g->ph, .pw = g->kw - 1 - g->pw};
     if (graft_conv2d_geom_init(&f) != GRAFT_OK || f.oh != g->h || f.ow != g->w) return false;
-    if (graft_conv2d_forward_kernel(&f) != GRAFT_CONV2D_AVX512) return false;
+    if (graft_conv2d_forward_kernel(&f) == GRAFT_CONV2D_GEMM) return false;
     if (t) *t = f;
     return true;
 }
@@ -343,11 +350,15 @@ static graft_status dx_by_forward(graft_ctx *ctx, const graft_conv2d_geom *g, co
                                   float *dx) {
     graft_conv2d_geom t;
     dx_as_forward(g, &t);
+    bool winograd = graft_conv2d_forward_kernel(&t) == GRAFT_CONV2D_WINOGRAD;
     size_t wt_floats = (size_t)(g->oc * g->c * g->kh * g->kw);
-    float *ws = graft_ctx_workspace(ctx, wt_floats + graft_conv2d_avx512_workspace_floats(&t));
+    size_t kernel_floats =
+        winograd ? graft_conv2d_winograd_workspace_floats(&t) : graft_conv2d_avx512_workspace_floats(&t);
+    float *ws = graft_ctx_workspace(ctx, wt_floats + kernel_floats);
     if (!ws) return GRAFT_ERR_NOMEM;
     flip_job j = {.g = g, .w = w, .wt = ws};
     graft_parallel_for(g->c, 1 + PAR_GRAIN_FLOATS / (g->oc * g->kh * g->kw), flip_range, &j);
+    if (winograd) return graft_conv2d_forward_winograd(&t, dy, ws, NULL, dx, ws + wt_floats);
     return graft_conv2d_forward_avx512(&t, dy, ws, NULL, dx, ws + wt_floats);
 }
 

@@ -356,6 +356,390 @@ graft_status graft_conv2d_forward_avx512(const graft_conv2d_geom *g, const float
     return GRAFT_OK;
 }
 
+/* ---- Winograd F(2x2, 3x3) ----------------------------------------------------------
+ *
+ * For 3x3, stride-1, padding-1 convolutions (Lavin and Gray, "Fast Algorithms for
+ * Convolutional Neural Networks", 2015).  The output is cut into 2x2 tiles; tile (ty, tx)
+ * of output channel o is
+ *     Y = A^T [ sum_ci (G g[o][ci] G^T) (.) (B^T d[ci] B) ] A
+ * where (.) multiplies elementwise, g[o][ci] is the 3x3 kernel, d[ci] the 4x4 input patch
+ * whose top-left pixel is (2ty - 1, 2tx - 1) (zero outside the image), and
+ *     B^T = | 1  0 -1  0 |     G = | 1    0    0   |     A^T = | 1  1  1  0 |
+ *           | 0  1  1  0 |         | 1/2  1/2  1/2 |           | 0  1 -1 -1 |
+ *           | 0 -1  1  0 |         | 1/2 -1/2  1/2 |
+ *           | 0  1  0 -1 |         | 0    0    1   |
+ * (a correlation, as Conv2d computes).  The sum over ci is 16 independent GEMMs, one per
+ * element e of the 4x4 transformed tile,
+ *     M_e [oc, tiles] = U_e [oc, c] . V_e [c, tiles],   U = G g G^T,  V = B^T d B,
+ * so each channel pair costs 16 multiply-adds per tile instead of the 36 of four outputs
+ * computed directly: 2.25x less arithmetic, paid for by the transforms, which add and
+ * subtract only.  The results differ from the direct sums by rounding (tests hold them to
+ * the double reference, as they do the other kernels).
+ *
+ * Per call, the weights are transformed once into U [16][oc rounded up to MR][c].  Then each thread takes blocks of NR tiles (any images, any
+ * positions), and for each:
+ *   loads the tiles' 4x4 patches, 16 tiles of a channel at a time (one 4-float load per
+ *   patch row, transposed so that each vector lane is a tile), and transforms them into
+ *   V [16][c][NR], each V_e a micro-kernel panel;
+ *   for each block of WG_OB output channels: M_e = U_e . V_e with the 8 x 48 micro-kernel
+ *   for the 16 e, then the output transform, the bias and the fused ReLU straight into y.
+ * V and the block of M stay in L2; U streams from memory, as W does in the direct kernel.
+ * Every output's sum is over ci = 0..c-1 in order, whatever the threads and the block, so
+ * the results do not depend on the thread count or on the batch around an image. */
+
+#define WG_OB 64 /* output channels per block of M */
+
+bool graft_conv2d_winograd_fits(const graft_conv2d_geom *g) {
+    return g->kh == 3 && g->kw == 3 && g->sh == 1 && g->sw == 1 && g->ph == 1 && g->pw == 1 &&
+           graft_conv2d_avx512_fits(g) && (g->oh + 1) / 2 * ((g->ow + 1) / 2) * g->n < INT32_MAX / NR;
+}
+
+static int64_t rounded_oc(const graft_conv2d_geom *g) { return (g->oc + MR - 1) / MR * MR; }
+
+static size_t wg_thread_floats(const graft_conv2d_geom *g) {
+    size_t f = (size_t)(16 * g->c * NR) + (size_t)(16 * WG_OB * NR); /* V, and a block of M */
+    return (f + CACHE_LINE_FLOATS - 1) / CACHE_LINE_FLOATS * CACHE_LINE_FLOATS;
+}
+
+size_t graft_conv2d_winograd_workspace_floats(const graft_conv2d_geom *g) {
+    return (size_t)(16 * rounded_oc(g) * g->c) + (size_t)graft_num_threads() * wg_thread_floats(g) +
+           2 * CACHE_LINE_FLOATS;
+}
+
+typedef struct wg_job {
+    const graft_conv2d_geom *g;
+    int64_t th, tw;            /* the tile grid: ceil(oh / 2) x ceil(ow / 2) */
+    const float *x, *w, *b;
+    float *y;
+    float *u;                  /* U [16][ocp][c] */
+    int64_t ocp;               /* oc rounded up to MR */
+    float *scratch;            /* wg_thread_floats(g) per thread */
+    size_t scratch_stride;
+    int64_t tiles;             /* n * th * tw */
+    int64_t blocks;            /* ceil(tiles / NR) */
+    int64_t row_parts, units;
+} wg_job;
+
+/* U rows [begin, end) of every e: U_e[o][ci] = (G g[o][ci] G^T)[e], 16 channels at a time
+ * (lane l takes channel ci0 + l, whose 3x3 kernel is 9 floats on from lane l - 1's);
+ * rows from oc on are zero. */
+AVX512 static void wg_weights_range(void *arg, int64_t begin, int64_t end) {
+    const wg_job *j = arg;
+    int64_t c = j->g->c, plane = j->ocp * c;
+    const __m512i nine = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                                            _mm512_set1_epi32(9));
+    const __m512 half = _mm512_set1_ps(0.5f);
+    for (int64_t o = begin; o < end; o++)
+        for (int64_t ci0 = 0; ci0 < c; ci0 += LANES) {
+            __mmask16 m = c - ci0 >= LANES ? (__mmask16)0xFFFF : (__mmask16)((1u << (c - ci0)) - 1);
+            float *dst = j->u + o * c + ci0;
+            if (o >= j->g->oc) {
+                for (int e = 0; e < 16; e++) _mm512_mask_storeu_ps(dst + e * plane, m, _mm512_setzero_ps());
+                continue;
+            }
+            const float *k = j->w + (o * c + ci0) * 9;
+            __m512 g[9], gg[4][3];
+            for (int t = 0; t < 9; t++)
+                g[t] = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, _mm512_add_epi32(nine, _mm512_set1_epi32(t)),
+                                                k, 4);
+            for (int col = 0; col < 3; col++) { /* G g */
+                __m512 a = g[col], b = g[3 + col], d = g[6 + col], ad = _mm512_add_ps(a, d);
+                gg[0][col] = a;
+                gg[1][col] = _mm512_mul_ps(half, _mm512_add_ps(ad, b));
+                gg[2][col] = _mm512_mul_ps(half, _mm512_sub_ps(ad, b));
+                gg[3][col] = d;
+            }
+            for (int r = 0; r < 4; r++) { /* (G g) G^T */
+                __m512 a = gg[r][0], b = gg[r][1], d = gg[r][2], ad = _mm512_add_ps(a, d);
+                _mm512_mask_storeu_ps(dst + (r * 4 + 0) * plane, m, a);
+                _mm512_mask_storeu_ps(dst + (r * 4 + 1) * plane, m, _mm512_mul_ps(half, _mm512_add_ps(ad, b)));
+                _mm512_mask_storeu_ps(dst + (r * 4 + 2) * plane, m, _mm512_mul_ps(half, _mm512_sub_ps(ad, b)));
+                _mm512_mask_storeu_ps(dst + (r * 4 + 3) * plane, m, d);
+            }
+        }
+}
+
+/* Where the tiles of a block read and write: for tile l, the offset of its patch's
+ * top-left pixel in a channel plane (negative in the padding), which patch rows and
+ * columns lie inside the image (bit r, bit col), the offset of its top-left output in y
+ * for channel 0, and whether its right column and bottom row of outputs exist.
+ *
+ * A group of 16 lanes that holds 16 consecutive tiles of one tile row (maps at least 32
+ * wide) is a run: its patch rows are 34 consecutive pixels, read with three loads and
+ * split into the four columns by permutes, and its outputs are two runs of 32. */
+typedef struct wg_run {
+    int64_t in_off;               /* offset of pixel (2ty - 1, 2tx0 - 1) in a channel plane */
+    int64_t out_off;              /* offset of output (2ty, 2tx0) for channel 0 */
+    __mmask16 in_mask[3];         /* the pixels inside the row: [0, 16), [16, 32), [32, 34) on */
+    __mmask16 out_mask[2];        /* the outputs inside the row: [0, 16), [16, 32) on */
+    uint8_t rows;                 /* bit r: patch row r lies inside the image */
+    uint8_t down;                 /* the second row of outputs exists */
+} wg_run;
+
+typedef struct wg_tiles {
+    int64_t in_off[NR], out_off[NR];
+    uint8_t rows[NR];    /* 0 for lanes past the last tile: they read zeros */
+    __mmask16 cols[NR];
+    uint8_t right[NR], down[NR];
+    uint8_t is_run[NR / LANES];
+    wg_run run[NR / LANES];
+    int count;
+} wg_tiles;
+
+/* Bits i of [0, n) for which lo <= first + i < hi. */
+static __mmask16 span_mask(int64_t first, int n, int64_t lo, int64_t hi) {
+    unsigned m = 0;
+    for (int i = 0; i < n; i++)
+        if (first + i >= lo && first + i < hi) m |= 1u << i;
+    return (__mmask16)m;
+}
+
+static void wg_plan_tiles(const wg_job *j, int64_t t0, wg_tiles *tp) {
+    const graft_conv2d_geom *g = j->g;
+    int64_t per_image = j->th * j->tw, p = g->oh * g->ow;
+    memset(tp, 0, sizeof *tp);
+    tp->count = (int)(j->tiles - t0 < NR ? j->tiles - t0 : NR);
+    int64_t img = t0 / per_image, ty = t0 % per_image / j->tw, tx = t0 % j->tw;
+    for (int l = 0; l < tp->count; l++) {
+        int64_t iy = 2 * ty - 1, ix = 2 * tx - 1;
+        tp->in_off[l] = img * g->c * g->h * g->w + iy * g->w + ix;
+        for (int r = 0; r < 4; r++) {
+            if (iy + r >= 0 && iy + r < g->h) tp->rows[l] |= (uint8_t)(1u << r);
+            if (ix + r >= 0 && ix + r < g->w) tp->cols[l] |= (__mmask16)(1u << r);
+        }
+        tp->out_off[l] = img * g->oc * p + 2 * ty * g->ow + 2 * tx;
+        tp->right[l] = 2 * tx + 1 < g->ow;
+        tp->down[l] = 2 * ty + 1 < g->oh;
+        if (l % LANES == 0 && l + LANES <= tp->count && tx + LANES <= j->tw) {
+            wg_run *rn = &tp->run[l / LANES];
+            tp->is_run[l / LANES] = 1;
+            rn->in_off = tp->in_off[l];
+            rn->out_off = tp->out_off[l];
+            rn->in_mask[0] = span_mask(ix, 16, 0, g->w);
+            rn->in_mask[1] = span_mask(ix + 16, 16, 0, g->w);
+            rn->in_mask[2] = span_mask(ix + 32, 2, 0, g->w);
+            rn->out_mask[0] = span_mask(2 * tx, 16, 0, g->ow);
+            rn->out_mask[1] = span_mask(2 * tx + 16, 16, 0, g->ow);
+            rn->rows = tp->rows[l];
+            rn->down = tp->down[l];
+        }
+        if (++tx == j->tw) {
+            tx = 0;
+            if (++ty == j->th) ty = 0, img++;
+        }
+    }
+}
+
+/* Permute indices: the even and the odd floats of a 32-float pair of vectors; each lane
+ * from the next one on (lane 15 from the second vector's lane 0 or 1); and the lanes of
+ * two vectors interleaved, first half and second half. */
+#define WG_EVEN _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0)
+#define WG_ODD _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1)
+#define WG_NEXT0 _mm512_set_epi32(16, 15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1)
+#define WG_NEXT1 _mm512_set_epi32(17, 15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1)
+#define WG_ZIP_LO _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0)
+#define WG_ZIP_HI _mm512_set_epi32(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8)
+
+/* Row r of the patches of a run, from the channel plane x (rows w floats apart). */
+AVX512 static void wg_load_run(const float *x, int64_t w, const wg_run *rn, int r, __m512 d[4]) {
+    if (!((rn->rows >> r) & 1)) {
+        d[0] = d[1] = d[2] = d[3] = _mm512_setzero_ps();
+        return;
+    }
+    const float *src = x + rn->in_off + r * w; /* lane l's patch row is src[2l .. 2l + 3] */
+    __m512 lo = _mm512_maskz_loadu_ps(rn->in_mask[0], src), hi = _mm512_maskz_loadu_ps(rn->in_mask[1], src + 16);
+    __m512 ex = _mm512_maskz_loadu_ps(rn->in_mask[2], src + 32);
+    d[0] = _mm512_permutex2var_ps(lo, WG_EVEN, hi);
+    d[1] = _mm512_permutex2var_ps(lo, WG_ODD, hi);
+    d[2] = _mm512_permutex2var_ps(d[0], WG_NEXT0, ex);
+    d[3] = _mm512_permutex2var_ps(d[1], WG_NEXT1, ex);
+}
+
+/* z[a] holds four 4-float groups in its 128-bit lanes: group k of z[a] is item 4k + a.
+ * Returns, in the same registers, element i of every item: lane l of z[i] is element i
+ * of item l.  (Four 4x4 transposes side by side; applied twice it restores the input.) */
+AVX512 static void wg_transpose(__m512 z[4]) {
+    __m512 t0 = _mm512_unpacklo_ps(z[0], z[1]), t1 = _mm512_unpacklo_ps(z[2], z[3]);
+    __m512 t2 = _mm512_unpackhi_ps(z[0], z[1]), t3 = _mm512_unpackhi_ps(z[2], z[3]);
+    z[0] = _mm512_shuffle_ps(t0, t1, _MM_SHUFFLE(1, 0, 1, 0));
+    z[1] = _mm512_shuffle_ps(t0, t1, _MM_SHUFFLE(3, 2, 3, 2));
+    z[2] = _mm512_shuffle_ps(t2, t3, _MM_SHUFFLE(1, 0, 1, 0));
+    z[3] = _mm512_shuffle_ps(t2, t3, _MM_SHUFFLE(3, 2, 3, 2));
+}
+
+/* Row r of the patches of the 16 tiles from l0, in the channel plane x (rows w floats
+ * apart): lane l of d[col] is pixel (r, col) of tile l0 + l's patch, zero outside the
+ * image.  Each patch row is one 4-float load, masked at the image's edges; the
+ * transpose spreads the loads over the lanes. */
+AVX512 static void wg_load_row(const float *x, int64_t w, const wg_tiles *tp, int l0, int r, __m512 d[4]) {
+    for (int a = 0; a < 4; a++) { /* group k of d[a] is tile l0 + 4k + a */
+        __m128 q[4];
+        for (int k = 0; k < 4; k++) {
+            int t = l0 + 4 * k + a;
+            const float *src = x + tp->in_off[t] + r * w;
+            if (!((tp->rows[t] >> r) & 1))
+                q[k] = _mm_setzero_ps();
+            else if (tp->cols[t] == 0xF)
+                q[k] = _mm_loadu_ps(src);
+            else /* at the left or right edge: the lanes outside the image are not read */
+                q[k] = _mm512_castps512_ps128(_mm512_maskz_loadu_ps(tp->cols[t], src));
+        }
+        __m512 z = _mm512_castps128_ps512(q[0]);
+        z = _mm512_insertf32x4(z, q[1], 1);
+        z = _mm512_insertf32x4(z, q[2], 2);
+        d[a] = _mm512_insertf32x4(z, q[3], 3);
+    }
+    wg_transpose(d);
+}
+
+/* V_e lanes [l0, l0 + 16) of one channel, V_e at v + e * v_stride, from the patches
+ * d[row][col] of 16 tiles: V = B^T d B. */
+AVX512 static void wg_input_transform(__m512 d[4][4], float *v, int64_t v_stride) {
+    __m512 t[4][4];
+    for (int col = 0; col < 4; col++) { /* B^T d, by columns */
+        t[0][col] = _mm512_sub_ps(d[0][col], d[2][col]);
+        t[1][col] = _mm512_add_ps(d[1][col], d[2][col]);
+        t[2][col] = _mm512_sub_ps(d[2][col], d[1][col]);
+        t[3][col] = _mm512_sub_ps(d[1][col], d[3][col]);
+    }
+    for (int r = 0; r < 4; r++) { /* (B^T d) B, by rows */
+        _mm512_store_ps(v + (r * 4 + 0) * v_stride, _mm512_sub_ps(t[r][0], t[r][2]));
+        _mm512_store_ps(v + (r * 4 + 1) * v_stride, _mm512_add_ps(t[r][1], t[r][2]));
+        _mm512_store_ps(v + (r * 4 + 2) * v_stride, _mm512_sub_ps(t[r][2], t[r][1]));
+        _mm512_store_ps(v + (r * 4 + 3) * v_stride, _mm512_sub_ps(t[r][1], t[r][3]));
+    }
+}
+
+/* Output channels [o0, o1) of one block: m holds M_e [16][WG_OB][NR] for rows from o0.
+ * Y = A^T M A, plus the bias, then the fused ReLU under graft_relu_forward's rule
+ * (positive values and NaN pass, the rest is +0); each tile's 2x2 outputs are gathered
+ * into one 4-float group by the transpose and written as two pairs (or singles at odd
+ * edges). */
+AVX512 static void wg_output_transform(const wg_job *j, const float *m, int64_t o0, int64_t o1,
+                                       const wg_tiles *tp) {
+    const graft_conv2d_geom *g = j->g;
+    int64_t p = g->oh * g->ow, ow = g->ow;
+    float out[4][LANES] __attribute__((aligned(64)));
+    for (int64_t o = o0; o < o1; o++) {
+        const float *mo = m + (o - o0) * NR;
+        __m512 bias = _mm512_set1_ps(j->b ? j->b[o] : 0.0f);
+        float *yo = j->y + o * p;
+        for (int l0 = 0; l0 < tp->count; l0 += LANES) {
+            __m512 s[2][4], y[4];
+            for (int col = 0; col < 4; col++) { /* A^T M, by columns */
+                __m512 m0 = _mm512_load_ps(mo + (0 * 4 + col) * WG_OB * NR + l0);
+                __m512 m1 = _mm512_load_ps(mo + (1 * 4 + col) * WG_OB * NR + l0);
+                __m512 m2 = _mm512_load_ps(mo + (2 * 4 + col) * WG_OB * NR + l0);
+                __m512 m3 = _mm512_load_ps(mo + (3 * 4 + col) * WG_OB * NR + l0);
+                s[0][col] = _mm512_add_ps(_mm512_add_ps(m0, m1), m2);
+                s[1][col] = _mm512_sub_ps(_mm512_sub_ps(m1, m2), m3);
+            }
+            for (int r = 0; r < 2; r++) { /* (A^T M) A, by rows: y[2r + col] is output (r, col) */
+                y[r * 2 + 0] = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(s[r][0], s[r][1]), s[r][2]), bias);
+                y[r * 2 + 1] = _mm512_add_ps(_mm512_sub_ps(_mm512_sub_ps(s[r][1], s[r][2]), s[r][3]), bias);
+            }
+            if (g->relu)
+                for (int i = 0; i < 4; i++)
+                    y[i] = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(y[i], _mm512_setzero_ps(), _CMP_NLE_UQ), y[i]);
+            if (tp->is_run[l0 / LANES]) { /* output rows 2ty and 2ty + 1 from column 2tx0 on */
+                const wg_run *rn = &tp->run[l0 / LANES];
+                for (int r = 0; r < (rn->down ? 2 : 1); r++) {
+                    float *dst = yo + rn->out_off + r * ow;
+                    _mm512_mask_storeu_ps(dst, rn->out_mask[0], _mm512_permutex2var_ps(y[2 * r], WG_ZIP_LO, y[2 * r + 1]));
+                    _mm512_mask_storeu_ps(dst + 16, rn->out_mask[1],
+                                          _mm512_permutex2var_ps(y[2 * r], WG_ZIP_HI, y[2 * r + 1]));
+                }
+                continue;
+            }
+            wg_transpose(y); /* group k of y[a]: the 2x2 outputs of tile l0 + 4k + a */
+            for (int a = 0; a < 4; a++) _mm512_store_ps(out[a], y[a]);
+            for (int a = 0; a < 4; a++)
+                for (int k = 0; k < 4; k++) {
+                    int t = l0 + 4 * k + a;
+                    if (t >= tp->count) continue;
+                    __m128 q = _mm_load_ps(out[a] + 4 * k), q2 = _mm_movehl_ps(q, q);
+                    float *dst = yo + tp->out_off[t];
+                    if (tp->right[t]) {
+                        _mm_storel_pi((__m64 *)dst, q);
+                        if (tp->down[t]) _mm_storel_pi((__m64 *)(dst + ow), q2);
+                    } else {
+                        _mm_store_ss(dst, q);
+                        if (tp->down[t]) _mm_store_ss(dst + ow, q2);
+                    }
+                }
+        }
+    }
+}
+
+/* Tiles [blk * NR, +NR), output channels [m0, m1). */
+AVX512 static void wg_unit(const wg_job *j, float *scratch, int64_t m0, int64_t m1, int64_t blk) {
+    const graft_conv2d_geom *g = j->g;
+    int64_t c = g->c, plane = g->h * g->w;
+    float *v = scratch, *mb = v + 16 * c * NR;
+    wg_tiles tp;
+    wg_plan_tiles(j, blk * NR, &tp);
+    for (int64_t ci = 0; ci < c; ci++) /* every lane, so lanes past the last tile hold zeros */
+        for (int l0 = 0; l0 < NR; l0 += LANES) {
+            __m512 d[4][4];
+            for (int r = 0; r < 4; r++)
+                if (tp.is_run[l0 / LANES])
+                    wg_load_run(j->x + ci * plane, g->w, &tp.run[l0 / LANES], r, d[r]);
+                else
+                    wg_load_row(j->x + ci * plane, g->w, &tp, l0, r, d[r]);
+            wg_input_transform(d, v + ci * NR + l0, c * NR);
+        }
+    for (int64_t o0 = m0; o0 < m1; o0 += WG_OB) {
+        int64_t o1 = o0 + WG_OB < m1 ? o0 + WG_OB : m1;
+        int64_t rows = (o1 - o0 + MR - 1) / MR * MR; /* U's padding rows keep whole tiles */
+        for (int e = 0; e < 16; e++) {
+            const float *ue = j->u + e * j->ocp * c, *ve = v + e * c * NR;
+            for (int64_t r = 0; r < rows; r += MR)
+                kernel_8x48(c, ue + (o0 + r) * c, c, ve, mb + (e * WG_OB + r) * NR, NR, 0);
+        }
+        wg_output_transform(j, mb, o0, o1, &tp);
+    }
+}
+
+AVX512 static void wg_task(void *arg, int64_t begin, int64_t end) {
+    const wg_job *j = arg;
+    int64_t threads = graft_num_threads(), mtiles = j->ocp / MR;
+    for (int64_t task = begin; task < end; task++) {
+        float *scratch = j->scratch + (size_t)task * j->scratch_stride;
+        int64_t u0 = j->units * task / threads, u1 = j->units * (task + 1) / threads;
+        for (int64_t u = u0; u < u1; u++) {
+            int64_t part = u / j->blocks, blk = u % j->blocks;
+            int64_t m0 = mtiles * part / j->row_parts * MR, m1 = mtiles * (part + 1) / j->row_parts * MR;
+            if (m1 > j->g->oc) m1 = j->g->oc;
+            if (m0 < m1) wg_unit(j, scratch, m0, m1, blk);
+        }
+    }
+}
+
+graft_status graft_conv2d_forward_winograd(const graft_conv2d_geom *g, const float *x, const float *w,
+                                           const float *b, float *y, float *scratch) {
+    if (!graft_conv2d_winograd_fits(g))
+        return graft_error(GRAFT_ERR_UNSUPPORTED, "conv2d: Winograd needs a 3x3, stride-1, padding-1 kernel");
+    int threads = graft_num_threads();
+    wg_job j = {.g = g, .th = (g->oh + 1) / 2, .tw = (g->ow + 1) / 2, .x = x, .w = w, .b = b, .y = y,
+                .ocp = rounded_oc(g)};
+    uintptr_t addr = (uintptr_t)scratch, align = CACHE_LINE_FLOATS * sizeof(float);
+    j.u = (float *)((addr + align - 1) / align * align);
+    size_t u_floats = (size_t)(16 * j.ocp * g->c);
+    addr = (uintptr_t)(j.u + u_floats);
+    j.scratch = (float *)((addr + align - 1) / align * align);
+    j.scratch_stride = wg_thread_floats(g);
+    graft_parallel_for(j.ocp, 1 + 4096 / (9 * g->c), wg_weights_range, &j);
+    j.tiles = g->n * j.th * j.tw;
+    j.blocks = (j.tiles + NR - 1) / NR;
+    int64_t mtiles = j.ocp / MR;
+    /* As the direct kernel: few blocks of tiles (deep layers, small images) split the
+     * output channels too, so that every thread has a share. */
+    j.row_parts = j.blocks >= 8 * threads ? 1 : (mtiles < threads ? mtiles : threads);
+    j.units = j.row_parts * j.blocks;
+    graft_parallel_for(threads, 1, wg_task, &j);
+    return GRAFT_OK;
+}
+
 #else
 
 size_t graft_conv2d_avx512_workspace_floats(const graft_conv2d_geom *g) {
@@ -365,6 +749,22 @@ size_t graft_conv2d_avx512_workspace_floats(const graft_conv2d_geom *g) {
 
 graft_status graft_conv2d_forward_avx512(const graft_conv2d_geom *g, const float *x, const float *w,
                                          const float *b, float *y, float *scratch) {
+    (void)g, (void)x, (void)w, (void)b, (void)y, (void)scratch;
+    return graft_error(GRAFT_ERR_UNSUPPORTED, "conv2d: this build has no AVX-512 kernel");
+}
+
+size_t graft_conv2d_winograd_workspace_floats(const graft_conv2d_geom *g) {
+    (void)g;
+    return 0;
+}
+
+bool graft_conv2d_winograd_fits(const graft_conv2d_geom *g) {
+    (void)g;
+    return false;
+}
+
+graft_status graft_conv2d_forward_winograd(const graft_conv2d_geom *g, const float *x, const float *w,
+                                           const float *b, float *y, float *scratch) {
     (void)g, (void)x, (void)w, (void)b, (void)y, (void)scratch;
     return graft_error(GRAFT_ERR_UNSUPPORTED, "conv2d: this build has no AVX-512 kernel");
 }

@@ -9,8 +9,12 @@
  *           CPUs with AVX-512F.  It computes the forward, and the input gradient of
  *           stride-1 convolutions (a forward convolution of dy with the flipped,
  *           transposed kernel); the weight gradient always takes the GEMM kernel.
- * GRAFT_CONV2D_AUTO picks AVX512 where the CPU has it (measured faster on every VGG
- * layer, docs/performance.md), else GEMM. */
+ *   WINOGRAD (conv_avx512.c) Winograd F(2x2, 3x3) for 3x3, stride-1, padding-1
+ *           convolutions on AVX-512: 2.25x fewer multiplications, float results that
+ *           differ from the direct sums by rounding.
+ * GRAFT_CONV2D_AUTO picks WINOGRAD where the shape allows it and the CPU has AVX-512,
+ * else AVX512 where the CPU has it (both measured faster than GEMM on every VGG layer,
+ * docs/performance.md), else GEMM. */
 #ifndef GRAFT_OPS_CONV_INTERNAL_H
 #define GRAFT_OPS_CONV_INTERNAL_H
 
@@ -34,12 +38,13 @@ int64_t graft_conv2d_chunk_images(const graft_conv2d_geom *g);
 typedef enum graft_conv2d_kernel {
     GRAFT_CONV2D_AUTO = 0,
     GRAFT_CONV2D_GEMM,
-    GRAFT_CONV2D_AVX512
+    GRAFT_CONV2D_AVX512,
+    GRAFT_CONV2D_WINOGRAD
 } graft_conv2d_kernel;
 
-/* Forces a kernel for every later conv call (AUTO restores the default); AVX512 falls
- * back to GEMM where the CPU or the sizes rule it out.  Process-wide, like the
- * workspace bound: for tests and benchmarks. */
+/* Forces a kernel for every later conv call (AUTO restores the default); WINOGRAD falls
+ * back to AVX512 where the shape rules it out, AVX512 to GEMM where the CPU or the sizes
+ * rule it out.  Process-wide, like the workspace bound: for tests and benchmarks. */
 void graft_conv2d_set_kernel(graft_conv2d_kernel k);
 /* The kernel graft_conv2d_forward would use for g now. */
 graft_conv2d_kernel graft_conv2d_forward_kernel(const graft_conv2d_geom *g);
@@ -56,5 +61,13 @@ size_t graft_conv2d_avx512_workspace_floats(const graft_conv2d_geom *g);
  * graft's pool; scratch holds graft_conv2d_avx512_workspace_floats(g) floats. */
 graft_status graft_conv2d_forward_avx512(const graft_conv2d_geom *g, const float *x, const float *w,
                                          const float *b, float *y, float *scratch);
+
+/* Winograd F(2x2, 3x3) on AVX-512 (conv_avx512.c): whether g is a 3x3, stride-1,
+ * padding-1 convolution within the kernel's sizes; its scratch in floats; the forward,
+ * as graft_conv2d_forward_avx512. */
+bool graft_conv2d_winograd_fits(const graft_conv2d_geom *g);
+size_t graft_conv2d_winograd_workspace_floats(const graft_conv2d_geom *g);
+graft_status graft_conv2d_forward_winograd(const graft_conv2d_geom *g, const float *x, const float *w,
+                                           const float *b, float *y, float *scratch);
 
 #endif

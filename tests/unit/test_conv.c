@@ -82,6 +82,21 @@ static const graft_conv2d_geom kernel_geoms[] = {
     {.n = 2, .c = 3, .h = 5, .w = 6, .oc = 4, .kh = 3, .kw = 3, .sh = 1, .sw = 1, .ph = 2, .pw = 0},
 };
 
+/* Winograd F(2x2, 3x3)'s edges: odd output sizes (a tile's right column or bottom row
+ * missing), 1-pixel maps, maps 32 and more wide (whole runs of 16 tiles in a row, with
+ * a ragged end), a last block of tiles that is not full, a single channel, output
+ * channels that are not a multiple of 8 and more than one block of 64 of them. */
+static const graft_conv2d_geom winograd_geoms[] = {
+    {.n = 2, .c = 3, .h = 7, .w = 5, .oc = 5, .kh = 3, .kw = 3, .sh = 1, .sw = 1, .ph = 1, .pw = 1},
+    {.n = 3, .c = 1, .h = 1, .w = 1, .oc = 9, .kh = 3, .kw = 3, .sh = 1, .sw = 1, .ph = 1, .pw = 1},
+    {.n = 1, .c = 4, .h = 1, .w = 6, .oc = 8, .kh = 3, .kw = 3, .sh = 1, .sw = 1, .ph = 1, .pw = 1},
+    {.n = 2, .c = 5, .h = 5, .w = 33, .oc = 7, .kh = 3, .kw = 3, .sh = 1, .sw = 1, .ph = 1, .pw = 1},
+    {.n = 1, .c = 3, .h = 4, .w = 64, .oc = 4, .kh = 3, .kw = 3, .sh = 1, .sw = 1, .ph = 1, .pw = 1},
+    {.n = 2, .c = 2, .h = 3, .w = 70, .oc = 3, .kh = 3, .kw = 3, .sh = 1, .sw = 1, .ph = 1, .pw = 1},
+    {.n = 5, .c = 17, .h = 6, .w = 6, .oc = 130, .kh = 3, .kw = 3, .sh = 1, .sw = 1, .ph = 1, .pw = 1},
+    {.n = 64, .c = 24, .h = 2, .w = 2, .oc = 16, .kh = 3, .kw = 3, .sh = 1, .sw = 1, .ph = 1, .pw = 1},
+};
+
 #define COUNT(a) ((int)(sizeof(a) / sizeof((a)[0])))
 
 /* ---- a problem: one geometry with random inputs ---------------------------- */
@@ -423,8 +438,11 @@ static void check_kernel(graft_conv2d_kernel kernel, const graft_conv2d_geom *ge
         double ex = tu_rel_err_fd(f.dx, dx, p.nx, 1e-6);
         double ew = tu_rel_err_fd(f.dw, dw, p.nw, 1e-6);
         double eb = tu_rel_err_fd(f.db, db, p.g.oc, 1e-6);
-        report(kernel == GRAFT_CONV2D_GEMM ? "gemm kernel y" : "avx512 kernel y", i, ey);
-        report(kernel == GRAFT_CONV2D_GEMM ? "gemm kernel dx" : "avx512 kernel dx", i, ex);
+        static const char *names[][2] = {[GRAFT_CONV2D_GEMM] = {"gemm kernel y", "gemm kernel dx"},
+                                         [GRAFT_CONV2D_AVX512] = {"avx512 kernel y", "avx512 kernel dx"},
+                                         [GRAFT_CONV2D_WINOGRAD] = {"winograd kernel y", "winograd kernel dx"}};
+        report(names[kernel][0], i, ey);
+        report(names[kernel][1], i, ex);
         if (ey > FAST_TOL || ex > FAST_TOL || ew > FAST_TOL || eb > FAST_TOL) describe(&p.g);
         assert_true(ey <= FAST_TOL);
         assert_true(ex <= FAST_TOL);
@@ -457,27 +475,48 @@ static void test_avx512_kernel_matches_reference(void **state) {
     check_kernel(GRAFT_CONV2D_AVX512, kernel_geoms, COUNT(kernel_geoms), 1900);
 }
 
+/* Winograd's sums differ from the direct ones by rounding: held to the same bound against
+ * the double reference, on its own edge cases and on the shared geometries (where the
+ * shape rules it out, the forced setting falls back to the direct kernel).  The input
+ * gradient of a 3x3, padding-1 convolution is a forward convolution of that shape, so it
+ * runs Winograd as well. */
+static void test_winograd_kernel_matches_reference(void **state) {
+    (void)state;
+    if (!graft_conv2d_avx512_available()) skip();
+    check_kernel(GRAFT_CONV2D_WINOGRAD, winograd_geoms, COUNT(winograd_geoms), 2300);
+    check_kernel(GRAFT_CONV2D_WINOGRAD, kernel_geoms, COUNT(kernel_geoms), 2400);
+    check_kernel(GRAFT_CONV2D_WINOGRAD, fast_geoms, COUNT(fast_geoms), 2500);
+    assert_int_equal(graft_set_num_threads(1), GRAFT_OK);
+    check_kernel(GRAFT_CONV2D_WINOGRAD, winograd_geoms, COUNT(winograd_geoms), 2600);
+}
+
 static void test_forward_kernel_follows_cpu_and_setting(void **state) {
     (void)state;
-    graft_conv2d_geom g = kernel_geoms[0];
+    graft_conv2d_geom g = kernel_geoms[0], g5 = kernel_geoms[2]; /* 3x3 pad 1; 5x5 */
     assert_int_equal(graft_conv2d_geom_init(&g), GRAFT_OK);
-    graft_conv2d_kernel best = graft_conv2d_avx512_available() ? GRAFT_CONV2D_AVX512 : GRAFT_CONV2D_GEMM;
+    assert_int_equal(graft_conv2d_geom_init(&g5), GRAFT_OK);
+    int avx = graft_conv2d_avx512_available();
+    graft_conv2d_kernel best = avx ? GRAFT_CONV2D_WINOGRAD : GRAFT_CONV2D_GEMM;
+    graft_conv2d_kernel direct = avx ? GRAFT_CONV2D_AVX512 : GRAFT_CONV2D_GEMM;
     assert_int_equal(graft_conv2d_forward_kernel(&g), best);
+    assert_int_equal(graft_conv2d_forward_kernel(&g5), direct);
     graft_conv2d_set_kernel(GRAFT_CONV2D_GEMM);
     assert_int_equal(graft_conv2d_forward_kernel(&g), GRAFT_CONV2D_GEMM);
     graft_conv2d_set_kernel(GRAFT_CONV2D_AVX512);
+    assert_int_equal(graft_conv2d_forward_kernel(&g), direct);
+    graft_conv2d_set_kernel(GRAFT_CONV2D_WINOGRAD);
     assert_int_equal(graft_conv2d_forward_kernel(&g), best);
+    assert_int_equal(graft_conv2d_forward_kernel(&g5), direct);
 }
 
-/* The AVX-512 kernel splits outputs between threads, never a sum: every output is
- * the same float sum in the same order whatever the thread count. */
-static void test_avx512_results_do_not_depend_on_threads(void **state) {
-    (void)state;
-    if (!graft_conv2d_avx512_available()) skip();
+/* The AVX-512 kernels (direct and Winograd) split outputs between threads, never a sum:
+ * every output is the same float sum in the same order whatever the thread count. */
+static void check_threads(graft_conv2d_kernel kernel, const graft_conv2d_geom *geoms, int count, uint64_t seed) {
     graft_ctx ctx;
     graft_ctx_init(&ctx, 1);
-    for (int i = 0; i < COUNT(kernel_geoms); i++) {
-        problem p = make_problem(kernel_geoms[i], 2000 + (uint64_t)i);
+    graft_conv2d_set_kernel(kernel);
+    for (int i = 0; i < count; i++) {
+        problem p = make_problem(geoms[i], seed + (uint64_t)i);
         assert_int_equal(graft_set_num_threads(1), GRAFT_OK);
         float *y1 = fast_forward(&ctx, &p, 1);
         fast_grads g1 = fast_backward(&ctx, &p, 1, 0, 0);
@@ -492,7 +531,16 @@ static void test_avx512_results_do_not_depend_on_threads(void **state) {
         free_grads(&g3);
         free_problem(&p);
     }
+    graft_conv2d_set_kernel(GRAFT_CONV2D_AUTO);
     graft_ctx_release(&ctx);
+}
+
+static void test_avx512_results_do_not_depend_on_threads(void **state) {
+    (void)state;
+    if (!graft_conv2d_avx512_available()) skip();
+    check_threads(GRAFT_CONV2D_AVX512, kernel_geoms, COUNT(kernel_geoms), 2000);
+    check_threads(GRAFT_CONV2D_WINOGRAD, kernel_geoms, COUNT(kernel_geoms), 2050);
+    check_threads(GRAFT_CONV2D_WINOGRAD, winograd_geoms, COUNT(winograd_geoms), 2070);
 }
 
 /* The fused ReLU (g.relu) gives exactly the plain forward followed by graft_relu_forward,
@@ -522,6 +570,7 @@ static void test_fused_relu_matches_relu_after(void **state) {
     (void)state;
     check_fused_relu(GRAFT_CONV2D_GEMM, 2100);
     if (graft_conv2d_avx512_available()) check_fused_relu(GRAFT_CONV2D_AVX512, 2200);
+    if (graft_conv2d_avx512_available()) check_fused_relu(GRAFT_CONV2D_WINOGRAD, 2250);
 }
 
 /* ---- gradient conventions --------------------------------------------------- */
@@ -785,6 +834,7 @@ int main(void) {
         cmocka_unit_test(test_fast_backward_matches_reference),
         cmocka_unit_test_teardown(test_gemm_kernel_matches_reference, reset_kernel),
         cmocka_unit_test_teardown(test_avx512_kernel_matches_reference, reset_kernel),
+        cmocka_unit_test_teardown(test_winograd_kernel_matches_reference, reset_kernel),
         cmocka_unit_test_teardown(test_forward_kernel_follows_cpu_and_setting, reset_kernel),
         cmocka_unit_test_teardown(test_avx512_results_do_not_depend_on_threads, reset_kernel),
         cmocka_unit_test_teardown(test_fused_relu_matches_relu_after, reset_kernel),
