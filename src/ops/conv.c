@@ -14,8 +14,9 @@
  * each GEMM (ops/gemm.h: one single-threaded BLAS call per pool thread).
  *
  * Where the CPU has AVX-512, the forward and the input gradient of stride-1
- * convolutions take the implicit-GEMM kernel of conv_avx512.c instead, which never
- * writes col (conv_internal.h says how the kernel is chosen). */
+ * convolutions take conv_avx512.c's kernels instead, which never write col: Winograd
+ * F(2x2, 3x3) for 3x3 kernels with padding 1, the implicit GEMM for the rest
+ * (conv_internal.h says how the kernel is chosen). */
 #include "ops/ops.h"
 
 #include <inttypes.h>

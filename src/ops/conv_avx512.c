@@ -1,4 +1,8 @@
-/* conv_avx512.c — Conv2d forward as an implicit GEMM on AVX-512, run on graft's pool.
+/* conv_avx512.c — Conv2d forward on AVX-512, run on graft's pool: an implicit GEMM for any
+ * convolution, and Winograd F(2x2, 3x3) for 3x3, stride-1, padding-1 ones (the second half
+ * of this file, which shares the first half's micro-kernel).
+ *
+ * The implicit GEMM:
  *
  * The same product as conv.c's lowered path, Y [oc, n*P] = W [oc, K] . col [K, n*P],
  * without ever writing col to memory: each thread packs the few columns it is about
@@ -376,11 +380,12 @@ graft_status graft_conv2d_forward_avx512(const graft_conv2d_geom *g, const float
  * subtract only.  The results differ from the direct sums by rounding (tests hold them to
  * the double reference, as they do the other kernels).
  *
- * Per call, the weights are transformed once into U [16][oc rounded up to MR][c].  Then each thread takes blocks of NR tiles (any images, any
- * positions), and for each:
- *   loads the tiles' 4x4 patches, 16 tiles of a channel at a time (one 4-float load per
- *   patch row, transposed so that each vector lane is a tile), and transforms them into
- *   V [16][c][NR], each V_e a micro-kernel panel;
+ * Per call, the weights are transformed once into U [16][oc rounded up to MR][c].  Then
+ * each thread takes blocks of NR tiles (any images, any positions), and for each:
+ *   loads the tiles' 4x4 patches, 16 tiles of a channel at a time, one patch row at a time
+ *   (for 16 neighbouring tiles of one row, three loads and permutes; otherwise one 4-float
+ *   load per tile and a transpose, so that each vector lane is a tile), and transforms
+ *   them into V [16][c][NR], each V_e a micro-kernel panel;
  *   for each block of WG_OB output channels: M_e = U_e . V_e with the 8 x 48 micro-kernel
  *   for the 16 e, then the output transform, the bias and the fused ReLU straight into y.
  * V and the block of M stay in L2; U streams from memory, as W does in the direct kernel.
@@ -459,16 +464,18 @@ AVX512 static void wg_weights_range(void *arg, int64_t begin, int64_t end) {
         }
 }
 
-/* Where the tiles of a block read and write: for tile l, the offset of its patch's
- * top-left pixel in a channel plane (negative in the padding), which patch rows and
- * columns lie inside the image (bit r, bit col), the offset of its top-left output in y
- * for channel 0, and whether its right column and bottom row of outputs exist.
+/* Where the tiles of a block read and write: for tile l, the offset from x of its
+ * patch's top-left pixel in channel 0 (channel ci's is ci * h * w further; in the padding
+ * it lies outside the image, and only the rows and columns inside are read), which patch
+ * rows and columns lie inside the image (bit r, bit col), the offset of its top-left
+ * output in y for channel 0, and whether its right column and bottom row of outputs
+ * exist.
  *
  * A group of 16 lanes that holds 16 consecutive tiles of one tile row (maps at least 32
  * wide) is a run: its patch rows are 34 consecutive pixels, read with three loads and
  * split into the four columns by permutes, and its outputs are two runs of 32. */
 typedef struct wg_run {
-    int64_t in_off;               /* offset of pixel (2ty - 1, 2tx0 - 1) in a channel plane */
+    int64_t in_off;               /* offset of pixel (2ty - 1, 2tx0 - 1), as wg_tiles.in_off */
     int64_t out_off;              /* offset of output (2ty, 2tx0) for channel 0 */
     __mmask16 in_mask[3];         /* the pixels inside the row: [0, 16), [16, 32), [32, 34) on */
     __mmask16 out_mask[2];        /* the outputs inside the row: [0, 16), [16, 32) on */
