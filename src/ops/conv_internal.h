@@ -1,7 +1,7 @@
 /* conv_internal.h — the kernels behind graft_conv2d_* and the knobs only tests and
  * benchmarks touch.
  *
- * Two kernels compute the fast Conv2d:
+ * Three kernels compute the fast Conv2d:
  *   GEMM    (conv.c) lowers a chunk of images at a time to one BLAS GEMM (im2col); how
  *           many images fit in a chunk follows from a bound on the scratch workspace,
  *           which tests shrink so the multi-chunk paths run on small inputs;
@@ -11,7 +11,8 @@
  *           transposed kernel); the weight gradient always takes the GEMM kernel.
  *   WINOGRAD (conv_avx512.c) Winograd F(2x2, 3x3) for 3x3, stride-1, padding-1
  *           convolutions on AVX-512: 2.25x fewer multiplications, float results that
- *           differ from the direct sums by rounding.
+ *           differ from the direct sums by rounding.  The forward, and the input
+ *           gradient where that is such a convolution.
  * GRAFT_CONV2D_AUTO picks WINOGRAD where the shape allows it and the CPU has AVX-512,
  * else AVX512 where the CPU has it (both measured faster than GEMM on every VGG layer,
  * docs/performance.md), else GEMM. */
