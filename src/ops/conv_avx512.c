@@ -394,12 +394,16 @@ graft_status graft_conv2d_forward_avx512(const graft_conv2d_geom *g, const float
 
 #define WG_OB 64 /* output channels per block of M */
 
+static int64_t rounded_oc(const graft_conv2d_geom *g) { return (g->oc + MR - 1) / MR * MR; }
+
+/* The transformed weights are 16/9 the size of the weights, all held at once: layers whose
+ * U would pass the conv workspace's default bound (64 MiB; VGG's and ResNet's largest 3x3
+ * layers need 16 MiB) take the implicit GEMM, which needs no copy of the weights. */
 bool graft_conv2d_winograd_fits(const graft_conv2d_geom *g) {
     return g->kh == 3 && g->kw == 3 && g->sh == 1 && g->sw == 1 && g->ph == 1 && g->pw == 1 &&
-           graft_conv2d_avx512_fits(g) && (g->oh + 1) / 2 * ((g->ow + 1) / 2) * g->n < INT32_MAX / NR;
+           graft_conv2d_avx512_fits(g) && (g->oh + 1) / 2 * ((g->ow + 1) / 2) * g->n < INT32_MAX / NR &&
+           rounded_oc(g) <= (int64_t)(GRAFT_CONV2D_WORKSPACE_LIMIT_FLOATS / 16) / g->c;
 }
-
-static int64_t rounded_oc(const graft_conv2d_geom *g) { return (g->oc + MR - 1) / MR * MR; }
 
 static size_t wg_thread_floats(const graft_conv2d_geom *g) {
     size_t f = (size_t)(16 * g->c * NR) + (size_t)(16 * WG_OB * NR); /* V, and a block of M */

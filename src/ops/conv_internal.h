@@ -13,7 +13,8 @@
  *           convolutions on AVX-512: 2.25x fewer multiplications, float results that
  *           differ from the direct sums by rounding.  The forward, and the input
  *           gradient where that is such a convolution.
- * GRAFT_CONV2D_AUTO picks WINOGRAD where the shape allows it and the CPU has AVX-512,
+ * GRAFT_CONV2D_AUTO picks WINOGRAD where the shape allows it (and its transformed weights
+ * fit the default workspace bound) and the CPU has AVX-512,
  * else AVX512 where the CPU has it (both measured faster than GEMM on every VGG layer,
  * docs/performance.md), else GEMM. */
 #ifndef GRAFT_OPS_CONV_INTERNAL_H

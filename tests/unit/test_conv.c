@@ -507,6 +507,14 @@ static void test_forward_kernel_follows_cpu_and_setting(void **state) {
     graft_conv2d_set_kernel(GRAFT_CONV2D_WINOGRAD);
     assert_int_equal(graft_conv2d_forward_kernel(&g), best);
     assert_int_equal(graft_conv2d_forward_kernel(&g5), direct);
+    /* 3x3 with padding 1, but its transformed weights (16 x 1104 x 1100 floats) would pass
+     * the workspace bound: the direct kernel */
+    graft_conv2d_geom big = {.n = 1, .c = 1100, .h = 2, .w = 2, .oc = 1100, .kh = 3, .kw = 3,
+                             .sh = 1, .sw = 1, .ph = 1, .pw = 1};
+    assert_int_equal(graft_conv2d_geom_init(&big), GRAFT_OK);
+    assert_int_equal(graft_conv2d_forward_kernel(&big), direct);
+    big.c = big.oc = 1000; /* 16 x 1000 x 1000: within it */
+    assert_int_equal(graft_conv2d_forward_kernel(&big), best);
 }
 
 /* The AVX-512 kernels (direct and Winograd) split outputs between threads, never a sum:
