@@ -182,42 +182,30 @@ typedef struct reorigin_arg {
 } reorigin_arg;
 
 /* Each unfolded weight moves to a * w + (wf - a * wf0) / n, where wf, wf0 are the folded
- * weight it replicates (row j of the small map) now and at the origin.  The second term
- * is worked out once per folded weight and the replica of each output position looked
- * up in a table, instead of dividing positions for every one of the unfolded weights. */
-#define REORIGIN_MAX_POSITIONS 4096
-#define REORIGIN_MAX_SOURCES 1024
-
+ * weight it replicates (cell p of the small map) now and at the origin: the second term is
+ * worked out once per folded weight and added to the ry x rx block of cells copying p, as
+ * fold_rows walks them, with no division per unfolded weight. */
 static void reorigin_rows(void *arg, int64_t begin, int64_t end) {
     graft_fold *f = ((reorigin_arg *)arg)->f;
     double a = ((reorigin_arg *)arg)->a;
     float *w = f->linear->params[0].value.data;
     const float *wf = f->folded->params[0].value.data, *wf0 = f->wf0.data;
     int64_t in = f->c * f->oh * f->ow, fin = f->c * f->h * f->w;
-    int64_t ry = f->oh / f->h, rx = f->ow / f->w, positions = f->oh * f->ow, sources = f->h * f->w;
-    int32_t source[REORIGIN_MAX_POSITIONS]; /* output position -> replicated position */
-    double shift[REORIGIN_MAX_SOURCES];
-    bool tabled = positions <= REORIGIN_MAX_POSITIONS && sources <= REORIGIN_MAX_SOURCES;
-    if (tabled)
-        for (int64_t qy = 0; qy < f->oh; qy++)
-            for (int64_t qx = 0; qx < f->ow; qx++) source[qy * f->ow + qx] = (int32_t)((qy / ry) * f->w + qx / rx);
+    int64_t ry = f->oh / f->h, rx = f->ow / f->w;
     for (int64_t o = begin; o < end; o++)
         for (int64_t ci = 0; ci < f->c; ci++) {
-            float *wc = &w[o * in + ci * positions];
-            const float *wfc = &wf[o * fin + ci * sources], *wf0c = &wf0[o * fin + ci * sources];
-            if (tabled) {
-                for (int64_t j = 0; j < sources; j++) shift[j] = ((double)wfc[j] - a * wf0c[j]) / (double)f->n;
-                for (int64_t q = 0; q < positions; q++) wc[q] = (float)(a * wc[q] + shift[source[q]]);
-                continue;
-            }
-            for (int64_t qy = 0; qy < f->oh; qy++) {
-                int64_t row = (qy / ry) * f->w;
-                for (int64_t qx = 0; qx < f->ow; qx++) {
-                    int64_t j = row + qx / rx;
-                    float *wk = &wc[qy * f->ow + qx];
-                    *wk = (float)(a * *wk + ((double)wfc[j] - a * wf0c[j]) / (double)f->n);
+            float *wc = &w[o * in + ci * f->oh * f->ow];
+            const float *wfc = &wf[o * fin + ci * f->h * f->w], *wf0c = &wf0[o * fin + ci * f->h * f->w];
+            for (int64_t y = 0; y < f->h; y++)
+                for (int64_t x = 0; x < f->w; x++) {
+                    int64_t p = y * f->w + x;
+                    double shift = ((double)wfc[p] - a * wf0c[p]) / (double)f->n;
+                    for (int64_t qy = y * ry; qy < (y + 1) * ry; qy++)
+                        for (int64_t qx = x * rx; qx < (x + 1) * rx; qx++) {
+                            float *wk = &wc[qy * f->ow + qx];
+                            *wk = (float)(a * *wk + shift);
+                        }
                 }
-            }
         }
 }
 

@@ -234,7 +234,6 @@ static graft_status build_loaders(trainer *t) {
     return GRAFT_OK;
 }
 
-
 static graft_status build_optimizer(trainer *t) {
     const graft_train_config *c = &t->c;
     graft_optim_kind kind;
