@@ -374,14 +374,20 @@ static void wgrad_sink_slab(void *arg, int64_t begin, int64_t end) {
 
 /* ---- entry points --------------------------------------------------------------------- */
 
+#if HAVE_AVX512_BUILD
+/* One slab of work per pool thread, but no more slabs than units of work (at least one). */
+static int64_t slab_count(int64_t units) {
+    int64_t slabs = graft_num_threads();
+    if (slabs > units) slabs = units;
+    return slabs < 1 ? 1 : slabs;
+}
+#endif
+
 bool graft_linear_forward_avx512(graft_ctx *ctx, int64_t n, int64_t in, int64_t out, const float *x, const float *w,
                                  const float *b, float *y) {
 #if HAVE_AVX512_BUILD
     if (!graft_linear_avx512_available() || n <= 0 || in <= 0 || out <= 0) return false;
-    int64_t tiles = (out + JR - 1) / JR;
-    int64_t slabs = graft_num_threads();
-    if (slabs > tiles) slabs = tiles;
-    if (slabs < 1) slabs = 1;
+    int64_t tiles = (out + JR - 1) / JR, slabs = slab_count(tiles);
     float *scratch = graft_ctx_workspace(ctx, (size_t)(slabs * PB * MB + tiles * JR * MB)); /* cache-line aligned */
     if (!scratch) return false;
     forward_job jb = {.n = n, .in = in, .out = out, .tiles = tiles, .slabs = slabs, .x = x, .w = w, .b = b,
@@ -401,7 +407,7 @@ bool graft_linear_input_grad_avx512(graft_ctx *ctx, int64_t n, int64_t in, int64
     int64_t threads = graft_num_threads();
     int64_t iw = (in + threads * DX_IB - 1) / (threads * DX_IB) * DX_IB; /* a block per thread at least */
     if (iw > DX_IW) iw = DX_IW;
-    int64_t blocks = (in + iw - 1) / iw, slabs = threads < blocks ? threads : blocks;
+    int64_t blocks = (in + iw - 1) / iw, slabs = slab_count(blocks);
     float *scratch = graft_ctx_workspace(ctx, (size_t)(slabs * DX_PC * iw)); /* aligned to a cache line */
     if (!scratch) return false;
     dx_job jb = {.n = n, .in = in, .out = out, .iw = iw, .blocks = blocks, .slabs = slabs, .dy = dy, .w = w,
@@ -420,10 +426,7 @@ bool graft_linear_input_grad_avx512(graft_ctx *ctx, int64_t n, int64_t in, int64
  * fills *jb.  False: no memory. */
 static bool wgrad_prepare(graft_ctx *ctx, int64_t n, int64_t in, int64_t out, const float *dy, const float *x,
                           float *dw, size_t extra_per_slab, wgrad_job *jb, float **extra_out) {
-    int64_t otiles = (out + OR - 1) / OR, panels = (in + MB - 1) / MB;
-    int64_t slabs = graft_num_threads();
-    if (slabs > otiles) slabs = otiles;
-    if (slabs < 1) slabs = 1;
+    int64_t otiles = (out + OR - 1) / OR, panels = (in + MB - 1) / MB, slabs = slab_count(otiles);
     int64_t dy_floats = (otiles * n * OR + LANES - 1) / LANES * LANES; /* keeps xp aligned */
     size_t packed = (size_t)(dy_floats + panels * n * MB);
     float *scratch = graft_ctx_workspace(ctx, packed + (size_t)slabs * extra_per_slab);

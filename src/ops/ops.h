@@ -35,8 +35,9 @@ typedef struct graft_conv2d_geom {
  * non-positive or the output would be empty. */
 graft_status graft_conv2d_geom_init(graft_conv2d_geom *g);
 
-/* y = conv(x, w) + b (then ReLU when g->relu), threaded: the AVX-512 implicit GEMM where
- * it runs, else lowered to GEMM (im2col over chunks of images). */
+/* y = conv(x, w) + b (then ReLU when g->relu), threaded: on AVX-512, Winograd F(2x2, 3x3)
+ * for 3x3 padding-1 stride-1 convolutions and the implicit GEMM for the rest, else lowered
+ * to GEMM (im2col over chunks of images); conv_internal.h has the choice. */
 graft_status graft_conv2d_forward(graft_ctx *ctx, const graft_conv2d_geom *g, const float *x,
                                   const float *w, const float *b, float *y);
 graft_status graft_conv2d_backward(graft_ctx *ctx, const graft_conv2d_geom *g, const float *x,
