@@ -209,7 +209,10 @@ static void linear_repr(const graft_module *m, graft_strbuf *sb) {
                         (long long)w->shape[0], m->nparams > 1 ? "True" : "False");
 }
 
-static const graft_module_type linear_type = {"Linear", linear_forward, linear_backward, linear_repr, NULL};
+static void linear_destroy(graft_module *m) { graft_tensor_free(m->aux); } /* the folded weight, if any */
+
+static const graft_module_type linear_type = {"Linear", linear_forward, linear_backward, linear_repr,
+                                              linear_destroy};
 
 graft_module *graft_linear_new(int64_t in, int64_t out, bool bias) {
     if (in <= 0 || out <= 0) {
@@ -700,14 +703,77 @@ static graft_status conv_relu_forward(graft_module *conv, graft_module *relu, gr
     return GRAFT_OK;
 }
 
+/* AdaptiveAvgPool2d, Flatten, then a Linear (alone, or first in a Sequential) outside
+ * training, where the pool only copies cells: VGG on inputs of 32 to 63 pixels copies a
+ * 512x1x1 map into 512x7x7, and Linear(25088, 4096) then does 49 times the work of
+ * Linear(512, 4096) on the map with each weight's replicas summed (train/fold.h has the
+ * algebra).  The forward sums the replicas for the call, one pass over the weight as the
+ * unfolded product makes anyway, and multiplies the small map (docs/performance.md).  The
+ * result differs from the unfolded product by rounding only.  The pool and Flatten run as
+ * usual and the Linear keeps the unfolded input, so a backward afterwards is the usual
+ * one.  In training these layers run unfolded, as PyTorch runs them; the trainer folds
+ * on its own, with the optimiser (train/fold.h).  Returns the Linear (and in *seq its
+ * Sequential, or NULL) where steps[i] starts such a run. */
+static graft_module *pooled_linear_at(graft_module *const *steps, int i, int n, graft_module **seq) {
+    if (i + 2 >= n || steps[i]->type != &adaptive_type || steps[i + 1]->type != &flatten_type) return NULL;
+    graft_module *lin = steps[i + 2];
+    *seq = NULL;
+    if (graft_module_is(lin, "Sequential") && lin->nchildren > 0) {
+        *seq = lin;
+        lin = lin->children[0];
+    }
+    return lin->type == &linear_type && !lin->training ? lin : NULL;
+}
+
+/* y = small w_f^T + b for the Linear m, whose input flat is small [N, C, h, w] copied into
+ * [N, C * oh * ow]; w_f is kept in m->aux between calls. */
+static graft_status linear_forward_folded(graft_module *m, graft_ctx *ctx, const graft_tensor *small,
+                                          graft_tensor *flat, int64_t oh, int64_t ow, graft_tensor **out) {
+    m->in = flat;
+    graft_status s = linear_check(m, flat);
+    if (s) return s;
+    const graft_tensor *w = &m->params[0].value;
+    int64_t n = small->shape[0], c = small->shape[1], h = small->shape[2], wd = small->shape[3];
+    int64_t fin = c * h * wd, nout = w->shape[0], fshape[2] = {nout, fin};
+    if (!m->aux && (s = graft_tensor_create(GRAFT_F32, 2, fshape, (graft_tensor **)&m->aux))) return s;
+    graft_tensor *wf = m->aux;
+    if ((s = graft_tensor_resize(wf, 2, fshape)) || (s = resize2(&m->out, n, nout))) return s;
+    graft_linear_fold_replicas(nout, c, h, wd, oh, ow, w->data, wf->data);
+    const float *b = m->nparams > 1 ? m->params[1].value.data : NULL;
+    graft_linear_forward(ctx, n, fin, nout, small->data, wf->data, b, m->out.data);
+    *out = &m->out;
+    return GRAFT_OK;
+}
+
+static graft_status pooled_linear_forward(graft_module *pool, graft_module *flatten, graft_module *seq,
+                                          graft_module *lin, graft_ctx *ctx, graft_tensor *in, graft_tensor **out) {
+    graft_tensor *pooled, *flat, *y;
+    graft_status s = graft_module_forward(pool, ctx, in, &pooled);
+    if (!s) s = graft_module_forward(flatten, ctx, pooled, &flat);
+    if (s) return s;
+    int64_t h = in->shape[2], w = in->shape[3], oh = pooled->shape[2], ow = pooled->shape[3];
+    if (seq) seq->in = flat;
+    if (oh % h == 0 && ow % w == 0 && oh * ow > h * w)
+        s = linear_forward_folded(lin, ctx, in, flat, oh, ow, &y);
+    else
+        s = graft_module_forward(lin, ctx, flat, &y);
+    if (!s && seq && seq->nchildren > 1) s = graft_sequence_forward(seq->children + 1, seq->nchildren - 1, ctx, y, &y);
+    if (!s) *out = y;
+    return s;
+}
+
 graft_status graft_sequence_forward(graft_module *const *steps, int n, graft_ctx *ctx, graft_tensor *in,
                                     graft_tensor **out) {
     graft_tensor *x = in;
     for (int i = 0; i < n; i++) {
         graft_status s;
+        graft_module *lin, *seq;
         if (i + 1 < n && fuses_conv_relu(steps[i], steps[i + 1])) {
             s = conv_relu_forward(steps[i], steps[i + 1], ctx, x, &x);
             i++;
+        } else if ((lin = pooled_linear_at(steps, i, n, &seq))) {
+            s = pooled_linear_forward(steps[i], steps[i + 1], seq, lin, ctx, x, &x);
+            i += 2;
         } else {
             s = graft_module_forward(steps[i], ctx, x, &x);
         }

@@ -11,6 +11,7 @@
  * SGEMM split over graft's pool (ops/gemm.h). */
 #include "ops/ops.h"
 
+#include "core/threads.h"
 #include "ops/gemm.h"
 #include "ops/linear_internal.h"
 
@@ -88,6 +89,54 @@ bool graft_linear_weight_grad_to_sink(graft_ctx *ctx, int64_t n, int64_t in, int
                                       const float *dy, const graft_grad_sink *sink) {
     if (n <= 0 || in <= 0 || out <= 0 || !try_avx512(n, out)) return false;
     return graft_linear_weight_grad_avx512_sink(ctx, n, in, out, dy, x, sink);
+}
+
+/* ---- replicated inputs folded into the weight ------------------------------ */
+
+typedef struct fold_job {
+    int64_t c, h, w, oh, ow;
+    const float *wt;
+    float *wf;
+} fold_job;
+
+/* The sum of p [0, len) in double, four running sums so that the additions overlap. */
+static double run_sum(const float *p, int64_t len) {
+    double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+    int64_t k = 0;
+    for (; k + 4 <= len; k += 4) {
+        s0 += p[k];
+        s1 += p[k + 1];
+        s2 += p[k + 2];
+        s3 += p[k + 3];
+    }
+    for (; k < len; k++) s0 += p[k];
+    return (s0 + s1) + (s2 + s3);
+}
+
+static void fold_rows(void *arg, int64_t begin, int64_t end) {
+    const fold_job *j = arg;
+    int64_t ry = j->oh / j->h, rx = j->ow / j->w, in = j->c * j->oh * j->ow, fin = j->c * j->h * j->w;
+    for (int64_t o = begin; o < end; o++)
+        for (int64_t ci = 0; ci < j->c; ci++) {
+            const float *wc = j->wt + o * in + ci * j->oh * j->ow;
+            float *wfc = j->wf + o * fin + ci * j->h * j->w;
+            for (int64_t y = 0; y < j->h; y++)
+                for (int64_t x = 0; x < j->w; x++) {
+                    const float *block = wc + y * ry * j->ow + x * rx;
+                    double sum = 0;
+                    if (rx == j->ow) /* whole rows of the map: one run */
+                        sum = run_sum(block, ry * rx);
+                    else
+                        for (int64_t qy = 0; qy < ry; qy++) sum += run_sum(block + qy * j->ow, rx);
+                    wfc[y * j->w + x] = (float)sum;
+                }
+        }
+}
+
+void graft_linear_fold_replicas(int64_t out, int64_t c, int64_t h, int64_t w, int64_t oh, int64_t ow,
+                                const float *wt, float *wf) {
+    fold_job j = {.c = c, .h = h, .w = w, .oh = oh, .ow = ow, .wt = wt, .wf = wf};
+    graft_parallel_for(out, 16, fold_rows, &j);
 }
 
 /* ---- reference (double, direct summation) --------------------------------- */

@@ -61,6 +61,15 @@ void graft_linear_backward(graft_ctx *ctx, int64_t n, int64_t in, int64_t out, c
 void graft_linear_backward_ex(graft_ctx *ctx, int64_t n, int64_t in, int64_t out, const float *x, const float *w,
                               const float *dy, float *dx, float *dw, float *db, bool set_dw, bool set_db);
 
+/* Replicated inputs folded into a Linear weight (train/fold.h has the algebra): where an
+ * input of c x oh x ow values only copies a map of c x h x w (each cell into a block of
+ * oh/h x ow/w cells; oh, ow multiples of h, w), the Linear on it equals one of c*h*w
+ * inputs with wf [o, ci*h*w + p] the sum of w [o, ci*oh*ow + q] over the cells q copying
+ * cell p, summed in double and rounded once.  w [out, c*oh*ow] -> wf [out, c*h*w]; rows
+ * split over graft's pool. */
+void graft_linear_fold_replicas(int64_t out, int64_t c, int64_t h, int64_t w, int64_t oh, int64_t ow,
+                                const float *wt, float *wf);
+
 /* Where a weight gradient can go instead of memory: the trainer's optimiser update,
  * applied piece by piece while the gradient is computed, so the gradient is never
  * stored whole (train/optim.h, graft_optim_sink).  begin is called once, before any

@@ -9,31 +9,12 @@
 #include "core/threads.h"
 #include "nn/layers.h"
 #include "nn/model.h"
+#include "ops/ops.h"
 
-/* W_f[o, ci*hw + p] = sum of W[o, ci*ohow + q] over the output cells q copying cell p.
- * Rows o are independent: split over the pool. */
-static void fold_rows(void *arg, int64_t begin, int64_t end) {
-    graft_fold *f = arg;
-    const float *w = f->linear->params[0].value.data;
-    float *wf = f->folded->params[0].value.data;
-    int64_t in = f->c * f->oh * f->ow, fin = f->c * f->h * f->w;
-    int64_t ry = f->oh / f->h, rx = f->ow / f->w;
-    for (int64_t o = begin; o < end; o++)
-        for (int64_t ci = 0; ci < f->c; ci++) {
-            const float *wc = &w[o * in + ci * f->oh * f->ow];
-            float *wfc = &wf[o * fin + ci * f->h * f->w];
-            for (int64_t y = 0; y < f->h; y++)
-                for (int64_t x = 0; x < f->w; x++) {
-                    double sum = 0;
-                    for (int64_t qy = y * ry; qy < (y + 1) * ry; qy++)
-                        for (int64_t qx = x * rx; qx < (x + 1) * rx; qx++) sum += wc[qy * f->ow + qx];
-                    wfc[y * f->w + x] = (float)sum;
-                }
-        }
-}
-
+/* W_f[o, ci*hw + p] = sum of W[o, ci*ohow + q] over the output cells q copying cell p. */
 static void fold_weights(graft_fold *f) {
-    graft_parallel_for(f->linear->params[0].value.shape[0], 16, fold_rows, f);
+    graft_linear_fold_replicas(f->linear->params[0].value.shape[0], f->c, f->h, f->w, f->oh, f->ow,
+                               f->linear->params[0].value.data, f->folded->params[0].value.data);
     graft_tensor_copy_data(&f->wf0, &f->folded->params[0].value);
 }
 
@@ -184,7 +165,7 @@ typedef struct reorigin_arg {
 /* Each unfolded weight moves to a * w + (wf - a * wf0) / n, where wf, wf0 are the folded
  * weight it replicates (cell p of the small map) now and at the origin: the second term is
  * worked out once per folded weight and added to the ry x rx block of cells copying p, as
- * fold_rows walks them, with no division per unfolded weight. */
+ * graft_linear_fold_replicas walks them, with no division per unfolded weight. */
 static void reorigin_rows(void *arg, int64_t begin, int64_t end) {
     graft_fold *f = ((reorigin_arg *)arg)->f;
     double a = ((reorigin_arg *)arg)->a;

@@ -1,10 +1,12 @@
 /* test_linear.c — Linear: the reference's gradients against finite differences, the
- * fast path against the reference, and the gradient conventions. */
+ * fast path against the reference, the gradient conventions, and the folding of
+ * replicated inputs into the weight. */
 #include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -543,6 +545,57 @@ static void test_split_gemm_matches_one_thread(void **state) {
     assert_int_equal(graft_set_num_threads(3), GRAFT_OK);
 }
 
+/* ---- replicated inputs folded into the weight ------------------------------- */
+
+/* Each folded weight is the sum of its replicas, and the Linear on the replicated input
+ * is the folded Linear on the small map: maps copied whole (w = 1, each block one run of
+ * the row), copied by blocks of 2 x 2 and 2 x 3, and a pool that copies nothing. */
+static void test_fold_replicas_matches_the_replicated_input(void **state) {
+    (void)state;
+    static const struct {
+        int64_t c, h, w, oh, ow;
+    } geoms[] = {{3, 1, 1, 7, 7}, {2, 2, 1, 6, 3}, {3, 2, 3, 4, 6}, {2, 3, 2, 6, 6}, {1, 2, 2, 2, 2}};
+    for (int g = 0; g < COUNT(geoms); g++) {
+        int64_t c = geoms[g].c, h = geoms[g].h, w = geoms[g].w, oh = geoms[g].oh, ow = geoms[g].ow;
+        int64_t n = 3, out = 70, in = c * oh * ow, fin = c * h * w, ry = oh / h, rx = ow / w;
+        problem p = make_problem((shape){n, in, out}, 40 + (uint64_t)g);
+        float *wt = malloc((size_t)(out * in) * sizeof *wt), *wf = malloc((size_t)(out * fin) * sizeof *wf);
+        float *xs = malloc((size_t)(n * fin) * sizeof *xs), *y = malloc((size_t)(n * out) * sizeof *y);
+        double *xr = malloc((size_t)(n * in) * sizeof *xr), *yr = malloc((size_t)(n * out) * sizeof *yr);
+        for (int64_t i = 0; i < out * in; i++) wt[i] = (float)p.w[i];
+        for (int64_t i = 0; i < n * fin; i++) xs[i] = (float)p.x[i];
+        /* the replicated input: cell (qy, qx) of channel ci copies cell (qy / ry, qx / rx) */
+        for (int64_t i = 0; i < n; i++)
+            for (int64_t ci = 0; ci < c; ci++)
+                for (int64_t qy = 0; qy < oh; qy++)
+                    for (int64_t qx = 0; qx < ow; qx++)
+                        xr[i * in + (ci * oh + qy) * ow + qx] = xs[i * fin + (ci * h + qy / ry) * w + qx / rx];
+        graft_linear_fold_replicas(out, c, h, w, oh, ow, wt, wf);
+        double worst = 0;
+        for (int64_t o = 0; o < out; o++)
+            for (int64_t ci = 0; ci < c; ci++)
+                for (int64_t y0 = 0; y0 < h; y0++)
+                    for (int64_t x0 = 0; x0 < w; x0++) {
+                        double sum = 0;
+                        for (int64_t qy = y0 * ry; qy < (y0 + 1) * ry; qy++)
+                            for (int64_t qx = x0 * rx; qx < (x0 + 1) * rx; qx++) sum += wt[o * in + (ci * oh + qy) * ow + qx];
+                        double got = wf[o * fin + (ci * h + y0) * w + x0];
+                        worst = fmax(worst, fabs(got - sum) / fmax(fabs(sum), 1.0));
+                    }
+        report("folded weights", g, worst);
+        assert_true(worst <= 1e-7);
+        graft_ref_linear_forward(n, in, out, xr, p.w, p.b, yr);
+        graft_linear_forward(&ctx, n, fin, out, xs, wf, NULL, y);
+        for (int64_t i = 0; i < n; i++)
+            for (int64_t o = 0; o < out; o++) y[i * out + o] += (float)p.b[o];
+        double err = tu_rel_err_fd(y, yr, n * out, 1.0);
+        report("folded forward", g, err);
+        assert_true(err <= FAST_TOL);
+        free(wt), free(wf), free(xs), free(y), free(xr), free(yr);
+        free_problem(&p);
+    }
+}
+
 int main(void) {
     graft_set_num_threads(3); /* BLAS threads split even on a one-core runner */
     graft_ctx_init(&ctx, 0);
@@ -562,6 +615,7 @@ int main(void) {
         cmocka_unit_test(test_ref_backward_accumulates_dw_db_and_overwrites_dx),
         cmocka_unit_test(test_ref_backward_null_arguments_skip),
         cmocka_unit_test(test_split_gemm_matches_one_thread),
+        cmocka_unit_test(test_fold_replicas_matches_the_replicated_input),
     };
     int failed = cmocka_run_group_tests(tests, NULL, NULL);
     graft_ctx_release(&ctx);

@@ -1,5 +1,6 @@
 /* test_vgg.c — the VGG family mirrors torchvision: printed form, names, order, counts,
- * initialisation, freezing and head replacement. */
+ * initialisation, freezing and head replacement; and its eval forward folds a pool that
+ * only copies into the first Linear. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -311,6 +312,59 @@ static void frozen_features_get_no_gradient_and_no_backward_work(void **state) {
     graft_model_free(m);
 }
 
+/* Outside training, AdaptiveAvgPool2d + Flatten + Linear where the pool only copies the
+ * 1x1 map (32x32 input) run as one smaller Linear on the map, the replicas' weights
+ * summed: the output and, from a backward after it, every gradient and the input's are
+ * those of the unfolded layers (train mode with dropout 0, the same function) up to
+ * rounding.  At 64x64 the map is already 2x2 and nothing is folded. */
+static void eval_folds_a_copying_pool_into_the_first_linear(void **state) {
+    (void)state;
+    static const char *const grads[] = {"classifier.0.weight", "classifier.0.bias", "classifier.3.weight",
+                                        "features.0.weight", "features.14.weight"};
+    graft_model *m = make("vgg:cfg=8-M-16-M-16-16-M-32-M-32-M,hidden=32,pool=2,dropout=0", 5, 1);
+    graft_module *fc0 = graft_module_find(graft_model_root(m), "classifier.0");
+    assert_non_null(fc0);
+    graft_tensor *x = random_input(3, 3, 32, 32, 4), *want[2 + 5], *got[2 + 5];
+    for (int mode = 1; mode >= 0; mode--) {
+        graft_tensor **keep = mode ? want : got;
+        graft_model_set_training(m, mode);
+        graft_model_zero_grad(m);
+        const graft_tensor *y, *dx;
+        assert_int_equal(graft_model_forward(m, x, &y), GRAFT_OK);
+        if (mode) assert_null(fc0->aux); /* training runs unfolded */
+        else assert_non_null(fc0->aux);  /* the folded weight */
+        assert_int_equal(graft_tensor_clone(y, &keep[0]), GRAFT_OK);
+        graft_tensor *g = ones_like(y);
+        assert_int_equal(graft_model_backward(m, g, &dx), GRAFT_OK);
+        assert_int_equal(graft_tensor_clone(dx, &keep[1]), GRAFT_OK);
+        for (int i = 0; i < 5; i++) assert_int_equal(graft_tensor_clone(graft_model_grad(m, grads[i]), &keep[2 + i]), GRAFT_OK);
+        graft_tensor_free(g);
+    }
+    for (int i = 0; i < 7; i++) {
+        const float *a = graft_tensor_f32_const(got[i]), *b = graft_tensor_f32_const(want[i]);
+        double diff = 0, mag = 1e-30;
+        for (int64_t j = 0; j < graft_tensor_numel(want[i]); j++) {
+            diff = fmax(diff, fabs((double)a[j] - b[j]));
+            mag = fmax(mag, fabs((double)b[j]));
+        }
+        if (diff > 1e-5 * mag) fail_msg("tensor %d: eval differs from train by %.3g of %.3g", i, diff, mag);
+        graft_tensor_free(got[i]);
+        graft_tensor_free(want[i]);
+    }
+    graft_tensor_free(x);
+    graft_model_free(m);
+
+    m = make("vgg:cfg=8-M-16-M-16-16-M-32-M-32-M,hidden=32,pool=2,dropout=0", 5, 1);
+    fc0 = graft_module_find(graft_model_root(m), "classifier.0");
+    graft_model_set_training(m, 0);
+    x = random_input(2, 3, 64, 64, 5);
+    const graft_tensor *y;
+    assert_int_equal(graft_model_forward(m, x, &y), GRAFT_OK);
+    assert_null(fc0->aux);
+    graft_tensor_free(x);
+    graft_model_free(m);
+}
+
 static void frozen_batchnorm_uses_and_keeps_running_stats_in_train_mode(void **state) {
     (void)state;
     graft_model *m = make(BN32, 5, 1);
@@ -498,6 +552,7 @@ int main(void) {
         cmocka_unit_test(freezing_by_prefix_changes_trainable_counts),
         cmocka_unit_test(frozen_features_get_no_gradient_and_no_backward_work),
         cmocka_unit_test(frozen_batchnorm_uses_and_keeps_running_stats_in_train_mode),
+        cmocka_unit_test(eval_folds_a_copying_pool_into_the_first_linear),
         cmocka_unit_test(forward_rejects_wrong_input_shapes_naming_the_layer),
         cmocka_unit_test(backward_rejects_a_gradient_of_the_wrong_shape),
         cmocka_unit_test(loading_a_state_dict_is_strict_and_reports_like_pytorch),
