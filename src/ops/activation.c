@@ -19,17 +19,29 @@ typedef struct relu_args {
     float *out;
 } relu_args;
 
+/* The loops read their arrays through locals: through a->, every store to out could
+ * change *a as far as the compiler knows, so it reloaded the pointers for each element
+ * and could not vectorise; and the backward read dy only where y > 0, which made its
+ * select a branch on the sign of y, mispredicted on half the elements behind the
+ * recipe's ReLU. */
 static void relu_forward_range(void *arg, int64_t begin, int64_t end) {
     const relu_args *a = arg;
+    const float *x = a->x;
+    float *out = a->out;
     for (int64_t i = begin; i < end; i++) {
-        float v = a->x[i];
-        a->out[i] = (v > 0.0f || isnan(v)) ? v : 0.0f;
+        float v = x[i];
+        out[i] = (v > 0.0f || isnan(v)) ? v : 0.0f;
     }
 }
 
 static void relu_backward_range(void *arg, int64_t begin, int64_t end) {
     const relu_args *a = arg;
-    for (int64_t i = begin; i < end; i++) a->out[i] = a->x[i] <= 0.0f ? 0.0f : a->dy[i];
+    const float *y = a->x, *dy = a->dy;
+    float *out = a->out;
+    for (int64_t i = begin; i < end; i++) {
+        float d = dy[i]; /* read whatever y says, so the select needs no branch */
+        out[i] = y[i] <= 0.0f ? 0.0f : d;
+    }
 }
 
 // x, y are (n); y may alias x
