@@ -39,3 +39,21 @@ double graft_rng_normal(graft_rng *r) {
     if (u1 < 1e-300) u1 = 1e-300; /* log(0) guard */
     return sqrt(-2.0 * log(u1)) * cos(TWO_PI * u2);
 }
+
+/* uniform < p, with uniform = k 2^-53 for k = u64 >> 11, is k < p 2^53 (a power-of-two
+ * scaling, exact), and for an integer k that is k < ceil(p 2^53). */
+void graft_rng_select(graft_rng *r, int64_t n, double p, float drop, float keep, float *out) {
+    uint64_t limit = p <= 0 ? 0 : p >= 1 ? (uint64_t)1 << 53 : (uint64_t)ceil(ldexp(p, 53));
+    uint64_t s0 = r->s[0], s1 = r->s[1], s2 = r->s[2], s3 = r->s[3];
+    for (int64_t i = 0; i < n; i++) { /* graft_rng_u64, on locals */
+        uint64_t result = rotl(s1 * 5, 7) * 9, t = s1 << 17;
+        s2 ^= s0;
+        s3 ^= s1;
+        s1 ^= s2;
+        s0 ^= s3;
+        s2 ^= t;
+        s3 = rotl(s3, 45);
+        out[i] = (result >> 11) < limit ? drop : keep;
+    }
+    r->s[0] = s0, r->s[1] = s1, r->s[2] = s2, r->s[3] = s3;
+}

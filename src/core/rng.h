@@ -16,5 +16,9 @@ uint64_t graft_rng_u64(graft_rng *r);
 double graft_rng_uniform(graft_rng *r);
 /* Standard normal (Box-Muller). */
 double graft_rng_normal(graft_rng *r);
+/* n draws: out[i] = drop where graft_rng_uniform(r) < p, else keep, in order — the same
+ * numbers and decisions as that loop, compared as integers without a call or a
+ * conversion per element (Dropout's masks). */
+void graft_rng_select(graft_rng *r, int64_t n, double p, float drop, float keep, float *out);
 
 #endif

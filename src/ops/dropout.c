@@ -3,8 +3,9 @@
  * Inverted dropout as PyTorch does it: each element is kept with probability 1 - p and
  * the kept ones are scaled by 1 / (1 - p), so the expected output equals the input.
  * The mask stores the factor (0 or the scale) so the backward is one multiply.  The
- * mask is drawn from the context's generator, one uniform per element in order, so a
- * seed fixes the mask regardless of the thread count (drawing is not parallelised). */
+ * mask is drawn from the context's generator, one uniform per element in order (as
+ * integers, graft_rng_select), so a seed fixes the mask regardless of the thread count
+ * (drawing is not parallelised). */
 #include "core/threads.h"
 #include "ops/ops.h"
 
@@ -32,10 +33,8 @@ void graft_dropout_forward(int64_t n, float p, graft_rng *rng, const float *x, f
     /* PyTorch divides the Bernoulli mask by (1 - p) in float; 1 - p is exact for the
      * usual p = 0.5. */
     const float scale = 1.0f / (1.0f - p);
-    for (int64_t i = 0; i < n; i++) {
-        mask[i] = graft_rng_uniform(rng) < (double)p ? 0.0f : scale;
-        y[i] = x[i] * mask[i];
-    }
+    graft_rng_select(rng, n, (double)p, 0.0f, scale, mask); /* uniform < p: dropped */
+    for (int64_t i = 0; i < n; i++) y[i] = x[i] * mask[i];
 }
 
 typedef struct dropout_args {

@@ -6,6 +6,8 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <math.h>
+
 #include "testutil.h"
 
 #include "core/threads.h"
@@ -146,6 +148,50 @@ static void dropout_fast_matches_reference_with_the_same_mask(void **state) {
         free(mask);
 }
 
+static uint64_t inverse_mod_2_64(uint64_t a) { /* a odd; Newton's iteration doubles the correct bits */
+    uint64_t x = a;
+    for (int i = 0; i < 6; i++) x *= 2 - a * x;
+    return x;
+}
+
+/* The mask is drawn as integers: the same decisions, draw for draw, as comparing
+ * graft_rng_uniform with p, and the generator left in the same state; at p whose
+ * threshold p 2^53 is a whole number (0.5) or not, at the ends, and at draws placed on
+ * either side of each threshold. */
+static void mask_draws_match_the_uniform_comparison(void **state) {
+    (void)state;
+    static const double ps[] = {0.5, 0.1, 0.3, 0.75, 1e-9, 0.999999999, 0.0, 1.0};
+    enum { N = 20000 };
+    static float got[N];
+    for (size_t k = 0; k < sizeof ps / sizeof ps[0]; k++) {
+        graft_rng a, b;
+        graft_rng_seed(&a, 11 + k);
+        b = a;
+        graft_rng_select(&a, N, ps[k], 0.0f, 2.0f, got);
+        for (int i = 0; i < N; i++) {
+            float want = graft_rng_uniform(&b) < ps[k] ? 0.0f : 2.0f;
+            if (got[i] != want) fail_msg("p = %g, draw %d: %g, want %g", ps[k], i, got[i], want);
+        }
+        assert_memory_equal(a.s, b.s, sizeof a.s);
+    }
+    /* Draws placed on the threshold: xoshiro256**'s output is rotl(s1 * 5, 7) * 9, so a
+     * state with the right s1 gives any 64-bit value next. */
+    for (size_t k = 0; k < sizeof ps / sizeof ps[0]; k++) {
+        double t = ldexp(ps[k], 53);
+        uint64_t at[] = {(uint64_t)ceil(t), (uint64_t)floor(t), (uint64_t)ceil(t) - 1, (uint64_t)ceil(t) + 1};
+        for (int j = 0; j < 4; j++) {
+            if (at[j] >= (uint64_t)1 << 53) continue;
+            uint64_t want_u64 = at[j] << 11 | 0x5a5, x = want_u64 * inverse_mod_2_64(9);
+            graft_rng a = {{1, (x >> 7 | x << 57) * inverse_mod_2_64(5), 3, 4}}, b = a;
+            float got1;
+            graft_rng_select(&a, 1, ps[k], 0.0f, 2.0f, &got1);
+            double u = graft_rng_uniform(&b);
+            assert_true(u == (double)at[j] * 0x1.0p-53); /* the draw is where it was put */
+            if (got1 != (u < ps[k] ? 0.0f : 2.0f)) fail_msg("p = %g, draw %.17g: %g", ps[k], u, got1);
+        }
+    }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(dropout_p0_is_identity_with_mask_one),
@@ -156,6 +202,7 @@ int main(void) {
         cmocka_unit_test(dropout_backward_multiplies_by_the_mask),
         cmocka_unit_test(ref_dropout_backward_matches_finite_differences),
         cmocka_unit_test(dropout_fast_matches_reference_with_the_same_mask),
+        cmocka_unit_test(mask_draws_match_the_uniform_comparison),
     };
     int failed = cmocka_run_group_tests(tests, NULL, NULL);
     graft_threads_shutdown();
