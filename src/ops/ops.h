@@ -75,10 +75,10 @@ void graft_linear_fold_replicas(int64_t out, int64_t c, int64_t h, int64_t w, in
  * stored whole (train/optim.h, graft_optim_sink).  begin is called once, before any
  * piece; then piece, from graft's pool threads and in any order, once for each range of
  * elements [begin, end) of dw with g [0, end - begin) their gradient, the ranges
- * covering dw exactly. */
+ * covering dw exactly.  g is the kernel's scratch: the sink may overwrite it. */
 typedef struct graft_grad_sink {
     void (*begin)(void *user);
-    void (*piece)(void *user, int64_t begin, int64_t end, const float *g);
+    void (*piece)(void *user, int64_t begin, int64_t end, float *g);
     void *user;
 } graft_grad_sink;
 

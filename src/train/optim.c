@@ -505,9 +505,14 @@ static void sink_begin(void *user) {
 }
 
 /* Elements [begin, end) of the parameter with gradient g [0, end - begin): the same
- * loops as graft_optim_step, on this range, in the calling (pool) thread. */
-static void sink_piece(void *user, int64_t begin, int64_t end, const float *g) {
+ * loops as graft_optim_step, on this range, in the calling (pool) thread (a folded
+ * parameter under SGD scales its gradient first, in place, as that step does). */
+static void sink_piece(void *user, int64_t begin, int64_t end, float *g) {
     const sink_state *st = user;
+    if (st->slot->fold != 1.0 && st->opt->o.kind == GRAFT_OPTIM_SGD) {
+        float f = (float)st->slot->fold;
+        for (int64_t j = 0; j < end - begin; j++) g[j] *= f;
+    }
     update u = st->u;
     u.p += begin;
     u.g = g;
@@ -522,9 +527,6 @@ graft_status graft_optim_sink(graft_optim *opt, const graft_tensor *value, const
     size_t i = 0;
     while (i < opt->n && opt->slots[i].value != value) i++;
     if (i == opt->n) return graft_error(GRAFT_ERR_NOTFOUND, "optimizer: no such parameter for a fused update");
-    if (opt->slots[i].fold != 1.0)
-        return graft_error(GRAFT_ERR_INVALID, "optimizer: %s stands for folded replicas; its update cannot be fused",
-                           opt->slots[i].name);
     if (!opt->sinks && !(opt->sinks = calloc(opt->n, sizeof *opt->sinks)))
         return graft_error(GRAFT_ERR_NOMEM, "out of memory for the optimizer's fused updates");
     sink_state *st = &opt->sinks[i];

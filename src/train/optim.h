@@ -120,13 +120,13 @@ graft_status graft_optim_step(graft_optim *opt);
  * the same operations on the same values as graft_optim_step would, so the parameters
  * come out bit for bit the same; the update starts before the rest of the backward has
  * run, which is right only where nothing later in the backward reads the parameter
- * (Linear computes its input gradient first).  GRAFT_ERR_NOTFOUND for a tensor not in
- * the optimiser, GRAFT_ERR_INVALID for a folded parameter.  The sink lives as long as
- * the optimiser. */
+ * (Linear computes its input gradient first).  A folded parameter's pieces are scaled
+ * as graft_optim_step scales its gradient.  GRAFT_ERR_NOTFOUND for a tensor not in the
+ * optimiser.  The sink lives as long as the optimiser. */
 graft_status graft_optim_sink(graft_optim *opt, const graft_tensor *value, const graft_grad_sink **sink);
 
-/* Gives every trainable Linear weight of m that opt updates (not a folded one) opt's
- * sink: Linear then hands its weight gradient to the update as it computes it, where
+/* Gives every trainable Linear weight of m that opt updates opt's sink (the trainer
+ * gives the folded layer's its own): Linear then hands its weight gradient to the update as it computes it, where
  * its kernel can (ops.h), instead of storing it for graft_optim_step.  The trainer's
  * default (graft_train_config.fuse_update). */
 void graft_optim_fuse_linear(graft_optim *opt, graft_model *m);

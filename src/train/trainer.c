@@ -274,7 +274,12 @@ static graft_status build_optimizer(trainer *t) {
     }
     if ((s = graft_schedule_parse(c->schedule ? c->schedule : "constant", &t->sched)))
         return graft_error_prefix(s, "--schedule");
-    if (c->fuse_update) graft_optim_fuse_linear(t->optim, t->model);
+    if (c->fuse_update) {
+        graft_optim_fuse_linear(t->optim, t->model);
+        const graft_grad_sink *sink;
+        if (t->fold.active && !graft_optim_sink(t->optim, &t->fold.folded->params[0].value, &sink))
+            t->fold.folded->params[0].sink = sink;
+    }
     return GRAFT_OK;
 }
 
@@ -581,9 +586,12 @@ static graft_status train_step(trainer *t, const graft_tensor *x, const graft_te
     graft_tensor *logits;
     int from = t->cached ? t->cache.trunk_end : 0;
     graft_model_zero_grad_lazy(t->model);
-    if (t->fold.active) /* the folded layer is not in the model's state */
-        for (int i = 0; i < t->fold.folded->nparams; i++)
-            if (t->fold.folded->params[i].grad.data) graft_tensor_zero(&t->fold.folded->params[i].grad);
+    if (t->fold.active) /* the folded layer is not in the model's state: zeroed lazily here */
+        for (int i = 0; i < t->fold.folded->nparams; i++) {
+            graft_param *p = &t->fold.folded->params[i];
+            if (p->grad.data) p->grad_stale = true;
+            p->grad_sunk = false;
+        }
     graft_status s = graft_model_forward_steps(t->model, t->steps, t->nsteps, from, t->nsteps, (graft_tensor *)x, &logits);
     if (s) return s;
     int64_t n = logits->shape[0], k = logits->shape[1];
@@ -595,7 +603,10 @@ static graft_status train_step(trainer *t, const graft_tensor *x, const graft_te
         return graft_error(GRAFT_ERR_INVALID, "non-finite loss (%g) at epoch %lld, step %lld; training stopped, the "
                            "last saved checkpoint is kept", loss, (long long)t->epoch + 1, (long long)t->step + 1);
     graft_metrics_add(&t->train_m, logits->data, y->data, n, loss);
-    if ((s = graft_model_backward_steps(t->model, t->steps, t->nsteps, from, &t->dlogits))) return s;
+    s = graft_model_backward_steps(t->model, t->steps, t->nsteps, from, &t->dlogits);
+    if (t->fold.active)
+        for (int i = 0; i < t->fold.folded->nparams; i++) graft_param_grad_settle(&t->fold.folded->params[i]);
+    if (s) return s;
     return graft_optim_step(t->optim);
 }
 

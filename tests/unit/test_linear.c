@@ -260,7 +260,7 @@ typedef struct collector {
 
 static void collect_begin(void *user) { ((collector *)user)->begins++; }
 
-static void collect_piece(void *user, int64_t begin, int64_t end, const float *g) {
+static void collect_piece(void *user, int64_t begin, int64_t end, float *g) {
     collector *c = user;
     pthread_mutex_lock(&c->lock);
     if (!c->begins) c->early_pieces++;

@@ -5,7 +5,7 @@
  * folding (same weights and metrics with and without --no-fold, over several epochs of
  * SGD with momentum, weight decay and Nesterov, of AdamW, and of Adam without decay);
  * and the fused Linear update changes nothing at all (the same bits with and without
- * --no-fused-update, under SGD and Adam). */
+ * --no-fused-update, under SGD and Adam, and for the folded layer under SGD and AdamW). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -259,6 +259,18 @@ static void the_fused_update_is_bit_exact_under_adam(void **s) {
     compare_fused("adam", opt, 6);
 }
 
+/* The folded first Linear (1x1 map copied 4 times) takes the fused update too, its
+ * pieces scaled as the step scales its gradient (SGD) or its step scaled (AdamW). */
+#define SPEC_FOLD_FUSE "vgg:cfg=8-M-16-M-16-M-16-M,hidden=96,pool=2,dropout=0.5"
+
+static void the_fused_update_of_a_folded_layer_is_bit_exact(void **s) {
+    (void)s;
+    const char *sgd[] = {"--optimizer", "sgd", "--lr", "0.05", "--momentum", "0.9", "--weight-decay", "0.01"};
+    const char *adamw[] = {"--optimizer", "adamw", "--lr", "0.003", "--weight-decay", "0.05"};
+    compare_switch("fuse-fold-sgd", SPEC_FOLD_FUSE, sgd, 8, "--no-fused-update", true);
+    compare_switch("fuse-fold-adamw", SPEC_FOLD_FUSE, adamw, 6, "--no-fused-update", true);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(cached_and_uncached_runs_agree),
@@ -269,6 +281,7 @@ int main(void) {
         cmocka_unit_test(folding_is_exact_under_adam_without_decay),
         cmocka_unit_test(the_fused_update_is_bit_exact_under_sgd),
         cmocka_unit_test(the_fused_update_is_bit_exact_under_adam),
+        cmocka_unit_test(the_fused_update_of_a_folded_layer_is_bit_exact),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     graft_threads_shutdown();
