@@ -18,8 +18,8 @@ void graft_rng_seed(graft_rng *r, uint64_t seed) {
 
 static uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
 
-uint64_t graft_rng_u64(graft_rng *r) {
-    uint64_t *s = r->s;
+/* One step of xoshiro256** on the state s. */
+static inline uint64_t next(uint64_t s[4]) {
     uint64_t result = rotl(s[1] * 5, 7) * 9;
     uint64_t t = s[1] << 17;
     s[2] ^= s[0];
@@ -30,6 +30,8 @@ uint64_t graft_rng_u64(graft_rng *r) {
     s[3] = rotl(s[3], 45);
     return result;
 }
+
+uint64_t graft_rng_u64(graft_rng *r) { return next(r->s); }
 
 double graft_rng_uniform(graft_rng *r) { return (double)(graft_rng_u64(r) >> 11) * 0x1.0p-53; }
 
@@ -44,16 +46,7 @@ double graft_rng_normal(graft_rng *r) {
  * scaling, exact), and for an integer k that is k < ceil(p 2^53). */
 void graft_rng_select(graft_rng *r, int64_t n, double p, float drop, float keep, float *out) {
     uint64_t limit = p <= 0 ? 0 : p >= 1 ? (uint64_t)1 << 53 : (uint64_t)ceil(ldexp(p, 53));
-    uint64_t s0 = r->s[0], s1 = r->s[1], s2 = r->s[2], s3 = r->s[3];
-    for (int64_t i = 0; i < n; i++) { /* graft_rng_u64, on locals */
-        uint64_t result = rotl(s1 * 5, 7) * 9, t = s1 << 17;
-        s2 ^= s0;
-        s3 ^= s1;
-        s1 ^= s2;
-        s0 ^= s3;
-        s2 ^= t;
-        s3 = rotl(s3, 45);
-        out[i] = (result >> 11) < limit ? drop : keep;
-    }
-    r->s[0] = s0, r->s[1] = s1, r->s[2] = s2, r->s[3] = s3;
+    uint64_t s[4] = {r->s[0], r->s[1], r->s[2], r->s[3]}; /* a local copy stays in registers */
+    for (int64_t i = 0; i < n; i++) out[i] = (next(s) >> 11) < limit ? drop : keep;
+    for (int k = 0; k < 4; k++) r->s[k] = s[k];
 }

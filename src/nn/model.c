@@ -183,12 +183,8 @@ void graft_model_zero_grad(graft_model *m) {
 }
 
 void graft_model_zero_grad_lazy(graft_model *m) {
-    for (size_t i = 0; i < m->nstate; i++) {
-        graft_param *p = m->state[i].param;
-        if (!p) continue;
-        if (p->grad.data) p->grad_stale = true;
-        p->grad_sunk = false;
-    }
+    for (size_t i = 0; i < m->nstate; i++)
+        if (m->state[i].param) graft_param_zero_grad_lazy(m->state[i].param);
 }
 
 /* The zeros a lazy zero_grad left pending, written before anyone reads a gradient. */

@@ -297,6 +297,11 @@ graft_status graft_param_grad(graft_param *p, float **grad) {
     return s;
 }
 
+void graft_param_zero_grad_lazy(graft_param *p) {
+    if (p->grad.data) p->grad_stale = true;
+    p->grad_sunk = false;
+}
+
 bool graft_param_may_sink(const graft_param *p) {
     return p->sink && !p->frozen && !p->grad_sunk && (p->grad_stale || !p->grad.data);
 }

@@ -133,6 +133,9 @@ graft_status graft_param_grad(graft_param *p, float **grad);
  * comes back true (the gradient is zero: new, or zeroed lazily), and accumulates into it
  * otherwise.  Saves a pass of zeros over large weights. */
 graft_status graft_param_grad_for_write(graft_param *p, float **grad, bool *overwrite);
+/* zero_grad without the pass of zeros: marks p's gradient as zero, for the next backward
+ * to overwrite (or graft_param_grad_settle to clear). */
+void graft_param_zero_grad_lazy(graft_param *p);
 /* Writes the zeros a lazy zeroing left pending, so the gradient can be read (not when
  * the gradient went to the sink instead). */
 void graft_param_grad_settle(graft_param *p);

@@ -126,9 +126,9 @@ graft_status graft_optim_step(graft_optim *opt);
 graft_status graft_optim_sink(graft_optim *opt, const graft_tensor *value, const graft_grad_sink **sink);
 
 /* Gives every trainable Linear weight of m that opt updates opt's sink (the trainer
- * gives the folded layer's its own): Linear then hands its weight gradient to the update as it computes it, where
- * its kernel can (ops.h), instead of storing it for graft_optim_step.  The trainer's
- * default (graft_train_config.fuse_update). */
+ * gives the folded layer's its own): Linear then hands its weight gradient to the update
+ * as it computes it, where its kernel can (ops.h), instead of storing it for
+ * graft_optim_step.  The trainer's default (graft_train_config.fuse_update). */
 void graft_optim_fuse_linear(graft_optim *opt, graft_model *m);
 
 /* The current learning rate of a group (starts at the base rate o->lr[group]). */

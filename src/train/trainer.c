@@ -586,12 +586,8 @@ static graft_status train_step(trainer *t, const graft_tensor *x, const graft_te
     graft_tensor *logits;
     int from = t->cached ? t->cache.trunk_end : 0;
     graft_model_zero_grad_lazy(t->model);
-    if (t->fold.active) /* the folded layer is not in the model's state: zeroed lazily here */
-        for (int i = 0; i < t->fold.folded->nparams; i++) {
-            graft_param *p = &t->fold.folded->params[i];
-            if (p->grad.data) p->grad_stale = true;
-            p->grad_sunk = false;
-        }
+    if (t->fold.active) /* the folded layer is not in the model's state */
+        for (int i = 0; i < t->fold.folded->nparams; i++) graft_param_zero_grad_lazy(&t->fold.folded->params[i]);
     graft_status s = graft_model_forward_steps(t->model, t->steps, t->nsteps, from, t->nsteps, (graft_tensor *)x, &logits);
     if (s) return s;
     int64_t n = logits->shape[0], k = logits->shape[1];
