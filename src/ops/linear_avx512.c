@@ -31,8 +31,10 @@
  * faster).  Accumulated weight gradients stay with OpenBLAS: a kernel of this design
  * measured no faster than SGEMM for them (docs/performance.md).  The same tiles can
  * hand dw to the optimiser instead (graft_linear_weight_grad_avx512_sink, the trainer's
- * fused update): each thread computes a band of rows into its scratch, in L2, and passes
- * it on, so dw is never written to memory and read back.
+ * fused update): each thread computes a block of rows and columns into its scratch, in
+ * L2, and passes it on, so dw is never written to memory and read back.  Where most of
+ * dy is zero (the recipe's, past a ReLU and a Dropout) the weight gradient sums only
+ * dy's nonzeros, with the same bits (below, at sparse_one).
  *
  * Every output is summed in one order (p, or the batch, ascending from zero) with fused
  * multiply-adds, as a BLAS kernel would; tests hold the results to the double reference
@@ -262,13 +264,17 @@ static void dx_slab(void *arg, int64_t begin, int64_t end) {
 /* ---- weight gradient: dw [o, k] = sum_m dy [m, o] x [m, k] ------------------------- */
 
 #define OR 6                  /* rows of dw per tile: 6 x 4 = 24 accumulators */
-#define KB 512                /* columns of dw per block: its packed x (128 KiB) stays in L2 */
 
 typedef struct wgrad_job {
     int64_t n, in, out, otiles, slabs;
-    const float *dyt; /* dy packed: otiles tiles of [n][OR] (dy's columns, zero past out) */
+    const float *dyt; /* dy packed: otiles tiles of [n][OR] (dy's columns, zero past out);
+                         NULL when the lists below replace it */
     const float *xp;  /* x packed: panels of MB columns, [n][MB] each (zero past in) */
     float *dw;
+    /* dy's nonzeros by column of dy (row o of dw): entries [start[o], start[o + 1]) of
+       at (m * MB, the sample's row in a panel) and val (dy [m, o]), m ascending */
+    const int32_t *start, *at;
+    const float *val;
 } wgrad_job;
 
 /* dw [or rows, nv vectors] = sum_m dyt [m][.] xp [m][.], the last vector masked. */
@@ -319,39 +325,138 @@ AVX512 static void wgrad_tile_any(int orows, int64_t kn, int64_t n, const float 
     }
 }
 
-/* Rows of dw in tiles [t0, t1) into dst (row o at dst + (o - t0 * OR) * in), block by
- * block of KB columns so that x's packed block stays in L2 for every tile. */
-static void wgrad_rows(const wgrad_job *jb, int64_t t0, int64_t t1, float *dst) {
-    for (int64_t k1 = 0; k1 < jb->in; k1 += KB) {
-        int64_t k2 = jb->in - k1 < KB ? jb->in : k1 + KB;
-        for (int64_t t = t0; t < t1; t++) {
-            int64_t o0 = t * OR;
-            int orows = jb->out - o0 < OR ? (int)(jb->out - o0) : OR;
-            for (int64_t k0 = k1; k0 < k2; k0 += MB) {
-                int64_t kn = k2 - k0 < MB ? k2 - k0 : MB;
-                wgrad_tile_any(orows, kn, jb->n, jb->dyt + t * jb->n * OR, jb->xp + (k0 / MB) * jb->n * MB,
-                               dst + (o0 - t0 * OR) * jb->in + k0, jb->in);
-            }
+/* ---- the same weight gradient from dy's nonzeros ----------------------------------
+ *
+ * In the recipe's classifier dy has passed a ReLU and a Dropout: about a quarter of it
+ * is nonzero.  Row o of dw sums dy [m, o] x [m, .] over the batch; the dense tile adds
+ * every m, the terms with dy [m, o] = 0 included.  Those terms are exact zeros (x is
+ * finite: wgrad_prepare checks), and adding one leaves a partial sum unchanged: the sum
+ * starts at +0, and in round-to-nearest a sum of +0 and -0 is +0, so no partial sum is
+ * ever -0.  Summing only the nonzero terms, in the same ascending order and with the same
+ * fused multiply-adds, therefore gives dw bit for bit as the dense tiles do, with about a
+ * quarter of the work.  A row keeps dw [o, 64 columns] in four registers and, for each
+ * nonzero, loads the sample's 64 columns of x's packed panel (16 KiB, in L1) and
+ * broadcasts dy [m, o]; two rows go together, for eight independent sums. */
+#define SPARSE_ROWS 24          /* rows per chunk: x's panels cycle through L1 once per chunk */
+
+/* Row o over a panel of kn columns (the rest of the panel is zero and not stored). */
+AVX512_INLINE void sparse_one(const wgrad_job *jb, int64_t o, const float *xp, float *d, int64_t kn) {
+    __m512 c0 = _mm512_setzero_ps(), c1 = c0, c2 = c0, c3 = c0;
+    for (int32_t e = jb->start[o]; e < jb->start[o + 1]; e++) {
+        const float *xm = xp + jb->at[e];
+        __m512 v = _mm512_set1_ps(jb->val[e]);
+        c0 = _mm512_fmadd_ps(v, _mm512_load_ps(xm), c0);
+        c1 = _mm512_fmadd_ps(v, _mm512_load_ps(xm + LANES), c1);
+        c2 = _mm512_fmadd_ps(v, _mm512_load_ps(xm + 2 * LANES), c2);
+        c3 = _mm512_fmadd_ps(v, _mm512_load_ps(xm + 3 * LANES), c3);
+    }
+    __m512 c[MV] = {c0, c1, c2, c3};
+    for (int v = 0; v < MV; v++) {
+        int64_t lanes = kn - v * LANES;
+        if (lanes <= 0) break;
+        _mm512_mask_storeu_ps(d + v * LANES, lanes >= LANES ? (__mmask16)0xFFFF : (__mmask16)((1u << lanes) - 1u), c[v]);
+    }
+}
+
+/* Rows o and o + 1 over a full panel, their nonzeros walked together. */
+AVX512_INLINE void sparse_pair(const wgrad_job *jb, int64_t o, const float *xp, float *da, float *db) {
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+    int32_t ea = jb->start[o], enda = jb->start[o + 1], eb = enda, endb = jb->start[o + 2];
+    int32_t both = enda - ea < endb - eb ? enda - ea : endb - eb;
+    for (int32_t i = 0; i < both; i++, ea++, eb++) {
+        const float *xa = xp + jb->at[ea], *xb = xp + jb->at[eb];
+        __m512 va = _mm512_set1_ps(jb->val[ea]), vb = _mm512_set1_ps(jb->val[eb]);
+        a0 = _mm512_fmadd_ps(va, _mm512_load_ps(xa), a0);
+        b0 = _mm512_fmadd_ps(vb, _mm512_load_ps(xb), b0);
+        a1 = _mm512_fmadd_ps(va, _mm512_load_ps(xa + LANES), a1);
+        b1 = _mm512_fmadd_ps(vb, _mm512_load_ps(xb + LANES), b1);
+        a2 = _mm512_fmadd_ps(va, _mm512_load_ps(xa + 2 * LANES), a2);
+        b2 = _mm512_fmadd_ps(vb, _mm512_load_ps(xb + 2 * LANES), b2);
+        a3 = _mm512_fmadd_ps(va, _mm512_load_ps(xa + 3 * LANES), a3);
+        b3 = _mm512_fmadd_ps(vb, _mm512_load_ps(xb + 3 * LANES), b3);
+    }
+    for (; ea < enda; ea++) {
+        const float *xa = xp + jb->at[ea];
+        __m512 va = _mm512_set1_ps(jb->val[ea]);
+        a0 = _mm512_fmadd_ps(va, _mm512_load_ps(xa), a0);
+        a1 = _mm512_fmadd_ps(va, _mm512_load_ps(xa + LANES), a1);
+        a2 = _mm512_fmadd_ps(va, _mm512_load_ps(xa + 2 * LANES), a2);
+        a3 = _mm512_fmadd_ps(va, _mm512_load_ps(xa + 3 * LANES), a3);
+    }
+    for (; eb < endb; eb++) {
+        const float *xb = xp + jb->at[eb];
+        __m512 vb = _mm512_set1_ps(jb->val[eb]);
+        b0 = _mm512_fmadd_ps(vb, _mm512_load_ps(xb), b0);
+        b1 = _mm512_fmadd_ps(vb, _mm512_load_ps(xb + LANES), b1);
+        b2 = _mm512_fmadd_ps(vb, _mm512_load_ps(xb + 2 * LANES), b2);
+        b3 = _mm512_fmadd_ps(vb, _mm512_load_ps(xb + 3 * LANES), b3);
+    }
+    _mm512_storeu_ps(da, a0), _mm512_storeu_ps(da + LANES, a1);
+    _mm512_storeu_ps(da + 2 * LANES, a2), _mm512_storeu_ps(da + 3 * LANES, a3);
+    _mm512_storeu_ps(db, b0), _mm512_storeu_ps(db + LANES, b1);
+    _mm512_storeu_ps(db + 2 * LANES, b2), _mm512_storeu_ps(db + 3 * LANES, b3);
+}
+
+/* Blocks of dw: SINK_ROWS rows (whole tiles) by SINK_KB columns.  A block's panels of x
+ * (64 KiB x 4) stay in L2 while every block of rows below the same columns takes them,
+ * so x is read from memory once; a block handed to the sink goes from a scratch whose
+ * rows are padded (rows 16 KiB apart would share a handful of cache sets), in pieces of
+ * SINK_KB elements of a row of the weight.  Measured on the recipe's 4096 x 4096 layer
+ * (docs/performance.md): on dense dy as fast as the bands of whole rows before them;
+ * from dy's nonzeros about twice as fast, since bands read all of x for every band. */
+#define SINK_KB 1024
+#define SINK_ROWS (4 * OR)
+#define SINK_LD (SINK_KB + LANES)
+
+/* Rows [r0, r1) (whole tiles from r0, a multiple of OR) by columns [k1, k2) of dw into
+ * dst (row stride ld), by dy's nonzeros where the lists are there, else by the tiles. */
+AVX512 static void wgrad_block(const wgrad_job *jb, int64_t r0, int64_t r1, int64_t k1, int64_t k2, float *dst,
+                               int64_t ld) {
+    for (int64_t k0 = k1; k0 < k2; k0 += MB) {
+        int64_t kn = k2 - k0 < MB ? k2 - k0 : MB;
+        const float *xp = jb->xp + (k0 / MB) * jb->n * MB;
+        float *d = dst + (k0 - k1);
+        if (jb->at) {
+            int64_t o = r0;
+            if (kn == MB)
+                for (; o + 1 < r1; o += 2) sparse_pair(jb, o, xp, d + (o - r0) * ld, d + (o + 1 - r0) * ld);
+            for (; o < r1; o++) sparse_one(jb, o, xp, d + (o - r0) * ld, kn);
+        } else {
+            for (int64_t o0 = r0; o0 < r1; o0 += OR)
+                wgrad_tile_any(r1 - o0 < OR ? (int)(r1 - o0) : OR, kn, jb->n, jb->dyt + (o0 / OR) * jb->n * OR, xp,
+                               d + (o0 - r0) * ld, ld);
         }
     }
 }
 
-/* Slab s: the rows of dw in tiles [otiles * s / slabs, otiles * (s + 1) / slabs). */
+/* Rows [rlo, rhi) of slab s: the tiles [otiles * s / slabs, otiles * (s + 1) / slabs). */
+static void slab_rows(const wgrad_job *jb, int64_t s, int64_t *rlo, int64_t *rhi) {
+    *rlo = jb->otiles * s / jb->slabs * OR;
+    *rhi = jb->otiles * (s + 1) / jb->slabs * OR;
+    if (*rhi > jb->out) *rhi = jb->out;
+}
+
+/* dw written whole: slab s's rows, block by block, in place. */
 static void wgrad_slab(void *arg, int64_t begin, int64_t end) {
     const wgrad_job *jb = arg;
     for (int64_t s = begin; s < end; s++) {
-        int64_t tlo = jb->otiles * s / jb->slabs, thi = jb->otiles * (s + 1) / jb->slabs;
-        wgrad_rows(jb, tlo, thi, jb->dw + tlo * OR * jb->in);
+        int64_t rlo, rhi;
+        slab_rows(jb, s, &rlo, &rhi);
+        for (int64_t k1 = 0; k1 < jb->in; k1 += SINK_KB) {
+            int64_t k2 = jb->in - k1 < SINK_KB ? jb->in : k1 + SINK_KB;
+            for (int64_t r0 = rlo; r0 < rhi; r0 += SINK_ROWS)
+                wgrad_block(jb, r0, rhi - r0 < SINK_ROWS ? rhi : r0 + SINK_ROWS, k1, k2, jb->dw + r0 * jb->in + k1,
+                            jb->in);
+        }
     }
 }
 
 /* Fused with the optimiser (graft_linear_weight_grad_avx512_sink): slab s computes its
- * rows of dw band by band, a band of `band` tiles into the slab's scratch (the same
- * tiles as wgrad_slab), and hands each band to the sink while it is still in cache. */
+ * rows of dw block by block into its scratch and hands each block's rows to the sink
+ * while they are still in cache, so dw is never written to memory and read back. */
 typedef struct wgrad_sink_job {
     wgrad_job w;
-    int64_t band;                 /* tiles per band */
-    float *bands;                 /* band * OR * in floats per slab */
+    float *blocks;                /* SINK_ROWS * SINK_LD floats per slab */
     const graft_grad_sink *sink;
 } wgrad_sink_job;
 
@@ -359,13 +464,17 @@ static void wgrad_sink_slab(void *arg, int64_t begin, int64_t end) {
     const wgrad_sink_job *sj = arg;
     const wgrad_job *jb = &sj->w;
     for (int64_t s = begin; s < end; s++) {
-        int64_t tlo = jb->otiles * s / jb->slabs, thi = jb->otiles * (s + 1) / jb->slabs;
-        float *band = sj->bands + s * sj->band * OR * jb->in;
-        for (int64_t t0 = tlo; t0 < thi; t0 += sj->band) {
-            int64_t t1 = thi - t0 < sj->band ? thi : t0 + sj->band;
-            wgrad_rows(jb, t0, t1, band);
-            int64_t r0 = t0 * OR, r1 = t1 * OR < jb->out ? t1 * OR : jb->out;
-            sj->sink->piece(sj->sink->user, r0 * jb->in, r1 * jb->in, band);
+        int64_t rlo, rhi;
+        slab_rows(jb, s, &rlo, &rhi);
+        float *block = sj->blocks + s * SINK_ROWS * SINK_LD;
+        for (int64_t k1 = 0; k1 < jb->in; k1 += SINK_KB) {
+            int64_t k2 = jb->in - k1 < SINK_KB ? jb->in : k1 + SINK_KB;
+            for (int64_t r0 = rlo; r0 < rhi; r0 += SINK_ROWS) {
+                int64_t r1 = rhi - r0 < SINK_ROWS ? rhi : r0 + SINK_ROWS;
+                wgrad_block(jb, r0, r1, k1, k2, block, SINK_LD);
+                for (int64_t r = r0; r < r1; r++)
+                    sj->sink->piece(sj->sink->user, r * jb->in + k1, r * jb->in + k2, block + (r - r0) * SINK_LD);
+            }
         }
     }
 }
@@ -421,21 +530,88 @@ bool graft_linear_input_grad_avx512(graft_ctx *ctx, int64_t n, int64_t in, int64
 }
 
 #if HAVE_AVX512_BUILD
+/* Whether weight gradients may take their sums from dy's nonzeros (tests and benchmarks
+ * turn it off to compare), and the largest share of nonzeros at which they do: measured
+ * on the recipe's 4096 x 4096 layer (bench/linear_layers.c, docs/performance.md). */
+static bool sparse_dy_enabled = true;
+static uint64_t sparse_dy_taken; /* atomic */
+#define SPARSE_MAX_DENSITY 0.5
+
+static int64_t count_nonzero(int64_t count, const float *v) {
+    int64_t nz = 0;
+    for (int64_t i = 0; i < count; i++) nz += v[i] != 0.0f;
+    return nz;
+}
+
+/* No infinity or NaN: then a zero times any of them is an exact zero. */
+static bool all_finite(int64_t count, const float *v) {
+    uint32_t worst = 0;
+    for (int64_t i = 0; i < count; i++) {
+        uint32_t bits;
+        memcpy(&bits, v + i, sizeof bits);
+        uint32_t e = bits & 0x7f800000u;
+        worst = e > worst ? e : worst;
+    }
+    return worst != 0x7f800000u;
+}
+#endif
+
+void graft_linear_set_sparse_dy(bool on) {
+#if HAVE_AVX512_BUILD
+    sparse_dy_enabled = on;
+#else
+    (void)on;
+#endif
+}
+
+uint64_t graft_linear_sparse_dy_count(void) {
+#if HAVE_AVX512_BUILD
+    return __atomic_load_n(&sparse_dy_taken, __ATOMIC_RELAXED);
+#else
+    return 0;
+#endif
+}
+
+#if HAVE_AVX512_BUILD
 /* Packs dy and x for the weight-gradient tiles into ctx's workspace, with
  * extra_per_slab more floats per slab after them (cache-line aligned) in *extra_out;
  * fills *jb.  False: no memory. */
 static bool wgrad_prepare(graft_ctx *ctx, int64_t n, int64_t in, int64_t out, const float *dy, const float *x,
                           float *dw, size_t extra_per_slab, wgrad_job *jb, float **extra_out) {
     int64_t otiles = (out + OR - 1) / OR, panels = (in + MB - 1) / MB, slabs = slab_count(otiles);
-    int64_t dy_floats = (otiles * n * OR + LANES - 1) / LANES * LANES; /* keeps xp aligned */
+    int64_t nonzero = sparse_dy_enabled ? count_nonzero(n * out, dy) : n * out;
+    bool sparse = nonzero <= (int64_t)(SPARSE_MAX_DENSITY * (double)(n * out)) && n * out <= INT32_MAX &&
+                  n * MB <= INT32_MAX && all_finite(n * in, x);
+    /* dense: dy packed in tiles; sparse: the lists (int32 entries in float slots); either
+       rounded to whole vectors, which keeps xp aligned */
+    int64_t dy_floats = sparse ? (out + 1) + out + 2 * nonzero : otiles * n * OR;
+    dy_floats = (dy_floats + LANES - 1) / LANES * LANES;
     size_t packed = (size_t)(dy_floats + panels * n * MB);
     float *scratch = graft_ctx_workspace(ctx, packed + (size_t)slabs * extra_per_slab);
     if (!scratch) return false;
     float *dyt = scratch, *xp = scratch + dy_floats;
-    for (int64_t t = 0; t < otiles; t++)
+    *jb = (wgrad_job){.n = n, .in = in, .out = out, .otiles = otiles, .slabs = slabs, .xp = xp, .dw = dw};
+    if (sparse) {
+        int32_t *start = (int32_t *)scratch, *next = start + out + 1, *at = next + out;
+        float *val = (float *)(at + nonzero);
+        for (int64_t o = 0; o <= out; o++) start[o] = 0;
         for (int64_t m = 0; m < n; m++)
-            for (int64_t i = 0; i < OR; i++)
-                dyt[(t * n + m) * OR + i] = t * OR + i < out ? dy[m * out + t * OR + i] : 0.0f;
+            for (int64_t o = 0; o < out; o++) start[o + 1] += dy[m * out + o] != 0.0f;
+        for (int64_t o = 0; o < out; o++) start[o + 1] += start[o], next[o] = start[o];
+        for (int64_t m = 0; m < n; m++)
+            for (int64_t o = 0; o < out; o++) {
+                float d = dy[m * out + o];
+                if (d != 0.0f) at[next[o]] = (int32_t)(m * MB), val[next[o]++] = d;
+            }
+        jb->start = start, jb->at = at, jb->val = val;
+        __atomic_fetch_add(&sparse_dy_taken, 1, __ATOMIC_RELAXED);
+    } else {
+        for (int64_t t = 0; t < otiles; t++)
+            for (int64_t m = 0; m < n; m++)
+                for (int64_t i = 0; i < OR; i++)
+                    dyt[(t * n + m) * OR + i] = t * OR + i < out ? dy[m * out + t * OR + i] : 0.0f;
+        jb->dyt = dyt;
+    }
     for (int64_t p = 0; p < panels; p++)
         for (int64_t m = 0; m < n; m++) {
             int64_t k0 = p * MB, kn = in - k0 < MB ? in - k0 : MB;
@@ -443,13 +619,10 @@ static bool wgrad_prepare(graft_ctx *ctx, int64_t n, int64_t in, int64_t out, co
             memcpy(to, x + m * in + k0, (size_t)kn * sizeof(float));
             for (int64_t k = kn; k < MB; k++) to[k] = 0.0f;
         }
-    *jb = (wgrad_job){.n = n, .in = in, .out = out, .otiles = otiles, .slabs = slabs, .dyt = dyt, .xp = xp, .dw = dw};
     if (extra_out) *extra_out = scratch + packed; /* packed is a multiple of LANES: aligned */
     return true;
 }
 
-/* Tiles per band: bands of about BAND_FLOATS floats (384 KiB, in L2 beside x's block). */
-#define BAND_FLOATS 98304
 #endif
 
 bool graft_linear_weight_grad_avx512(graft_ctx *ctx, int64_t n, int64_t in, int64_t out, const float *dy, const float *x,
@@ -470,10 +643,8 @@ bool graft_linear_weight_grad_avx512_sink(graft_ctx *ctx, int64_t n, int64_t in,
                                           const float *x, const graft_grad_sink *sink) {
 #if HAVE_AVX512_BUILD
     if (!graft_linear_avx512_available() || n <= 0 || in <= 0 || out <= 0) return false;
-    int64_t band = BAND_FLOATS / (OR * in);
-    if (band < 1) band = 1;
-    wgrad_sink_job sj = {.band = band, .sink = sink};
-    if (!wgrad_prepare(ctx, n, in, out, dy, x, NULL, (size_t)(band * OR * in), &sj.w, &sj.bands)) return false;
+    wgrad_sink_job sj = {.sink = sink};
+    if (!wgrad_prepare(ctx, n, in, out, dy, x, NULL, (size_t)(SINK_ROWS * SINK_LD), &sj.w, &sj.blocks)) return false;
     sink->begin(sink->user);
     graft_parallel_for(sj.w.slabs, 1, wgrad_sink_slab, &sj);
     return true;

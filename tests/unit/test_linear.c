@@ -309,6 +309,112 @@ static void test_weight_grad_to_sink_gives_the_stored_bits(void **state) {
     }
 }
 
+/* ---- the weight gradient from dy's nonzeros ---------------------------------- */
+
+/* dy as a ReLU and a Dropout leave it: each element kept with probability `keep`, the
+ * rest zero, some of them -0; column 0 (a row of dw) all zero and the last all kept. */
+static float *masked_dy(const problem *p, double keep, uint64_t seed) {
+    shape s = p->s;
+    float *dy = tu_to_float(p->gy, s.n * s.out);
+    graft_rng r;
+    graft_rng_seed(&r, seed);
+    for (int64_t m = 0; m < s.n; m++)
+        for (int64_t o = 0; o < s.out; o++) {
+            float *d = &dy[m * s.out + o];
+            bool kept = o == s.out - 1 || (o != 0 && graft_rng_uniform(&r) < keep);
+            if (!kept) *d = *d < 0 ? -0.0f : 0.0f;
+        }
+    return dy;
+}
+
+/* dw = dy^T x written whole by the AVX-512 kernel, with the nonzeros path allowed or not;
+ * returns whether it took that path. */
+static bool avx512_dw(const problem *p, const float *x, const float *dy, bool sparse, float *dw) {
+    shape s = p->s;
+    uint64_t before = graft_linear_sparse_dy_count();
+    graft_linear_set_sparse_dy(sparse);
+    graft_linear_set_kernel(GRAFT_LINEAR_AVX512);
+    graft_linear_backward_ex(&ctx, s.n, s.in, s.out, x, NULL, dy, NULL, dw, NULL, true, false);
+    graft_linear_set_kernel(GRAFT_LINEAR_AUTO);
+    graft_linear_set_sparse_dy(true);
+    return graft_linear_sparse_dy_count() != before;
+}
+
+/* Where dy is mostly zero the weight gradient sums only its nonzeros: the same bits as
+ * every term (stored, and handed to a sink), for one thread and three, within FAST_TOL
+ * of the double reference; half of dy nonzero or more takes every term. */
+static void test_weight_grad_from_nonzeros_gives_the_dense_bits(void **state) {
+    (void)state;
+    if (!graft_linear_avx512_available()) {
+        print_message("no AVX-512F on this CPU: skipped\n");
+        return;
+    }
+    const shape shapes[] = {{64, 4096, 64}, {128, 257, 70}, {7, 33, 65}, {64, 100, 200}, {1, 5, 64}, {3, 1100, 97}};
+    const double keeps[] = {0.25, 0.05, 0.45, 0.9};
+    for (int threads = 1; threads <= 3; threads += 2) {
+        assert_int_equal(graft_set_num_threads(threads), GRAFT_OK);
+        for (int i = 0; i < COUNT(shapes); i++)
+            for (int k = 0; k < COUNT(keeps); k++) {
+                shape s = shapes[i];
+                problem p = make_problem(s, 1700 + (uint64_t)i);
+                for (int64_t j = 0; j < s.n * s.in; j += 3) p.x[j] = 0; /* zeros in x change nothing */
+                float *x = tu_to_float(p.x, s.n * s.in), *dy = masked_dy(&p, keeps[k], 1800 + (uint64_t)(i * 8 + k));
+                float *dense = float_filled(s.out * s.in, NAN), *sparse = float_filled(s.out * s.in, NAN);
+                assert_false(avx512_dw(&p, x, dy, false, dense));
+                bool took = avx512_dw(&p, x, dy, true, sparse);
+                int64_t nonzero = 0;
+                for (int64_t j = 0; j < s.n * s.out; j++) nonzero += dy[j] != 0;
+                assert_int_equal(took, 2 * nonzero <= s.n * s.out);
+                assert_memory_equal(sparse, dense, (size_t)(s.out * s.in) * sizeof(float));
+
+                collector c = {.got = float_filled(s.out * s.in, NAN), .visits = calloc((size_t)(s.out * s.in), sizeof(int))};
+                pthread_mutex_init(&c.lock, NULL);
+                graft_grad_sink sink = {collect_begin, collect_piece, &c};
+                uint64_t before = graft_linear_sparse_dy_count();
+                assert_true(graft_linear_weight_grad_to_sink(&ctx, s.n, s.in, s.out, x, dy, &sink));
+                assert_int_equal(graft_linear_sparse_dy_count() != before, took);
+                for (int64_t j = 0; j < s.out * s.in; j++) assert_int_equal(c.visits[j], 1);
+                assert_memory_equal(c.got, dense, (size_t)(s.out * s.in) * sizeof(float));
+
+                double *rdy = malloc((size_t)(s.n * s.out) * sizeof(double)), *rdw = zeros(s.out * s.in);
+                for (int64_t j = 0; j < s.n * s.out; j++) rdy[j] = dy[j];
+                graft_ref_linear_backward(s.n, s.in, s.out, p.x, p.w, rdy, NULL, rdw, NULL);
+                double err = tu_rel_err_fd(sparse, rdw, s.out * s.in, 1e-6);
+                report("dw from nonzeros", i, err);
+                assert_true(err <= FAST_TOL);
+                pthread_mutex_destroy(&c.lock);
+                free(c.got), free(c.visits), free(rdy), free(rdw);
+                free(x), free(dy), free(dense), free(sparse);
+                free_problem(&p);
+            }
+    }
+    assert_int_equal(graft_set_num_threads(3), GRAFT_OK);
+}
+
+/* A zero of dy times an infinity or NaN of x is NaN, not zero: with one in x every term
+ * is summed, and dw has the NaNs the dense sum has. */
+static void test_weight_grad_with_nonfinite_x_sums_every_term(void **state) {
+    (void)state;
+    if (!graft_linear_avx512_available()) {
+        print_message("no AVX-512F on this CPU: skipped\n");
+        return;
+    }
+    const float bad[] = {INFINITY, -INFINITY, NAN};
+    for (int b = 0; b < COUNT(bad); b++) {
+        shape s = {64, 300, 96};
+        problem p = make_problem(s, 1900 + (uint64_t)b);
+        float *x = tu_to_float(p.x, s.n * s.in), *dy = masked_dy(&p, 0.25, 1950 + (uint64_t)b);
+        x[5 * s.in + 17] = bad[b]; /* sample 5, input 17 */
+        float *dense = float_filled(s.out * s.in, 0), *sparse = float_filled(s.out * s.in, 0);
+        assert_false(avx512_dw(&p, x, dy, false, dense));
+        assert_false(avx512_dw(&p, x, dy, true, sparse));
+        assert_memory_equal(sparse, dense, (size_t)(s.out * s.in) * sizeof(float));
+        assert_true(isnan(dense[0 * s.in + 17])); /* dy [., 0] is all zero: 0 * inf */
+        free(x), free(dy), free(dense), free(sparse);
+        free_problem(&p);
+    }
+}
+
 /* Every shape with each kernel (the AVX-512 one computes dx here; dw accumulates, so
  * BLAS takes it). */
 static void test_fast_backward_matches_reference(void **state) {
@@ -608,6 +714,8 @@ int main(void) {
         cmocka_unit_test(test_avx512_kernels_are_the_same_for_any_thread_count),
         cmocka_unit_test(test_fast_backward_matches_reference),
         cmocka_unit_test(test_weight_grad_to_sink_gives_the_stored_bits),
+        cmocka_unit_test(test_weight_grad_from_nonzeros_gives_the_dense_bits),
+        cmocka_unit_test(test_weight_grad_with_nonfinite_x_sums_every_term),
         cmocka_unit_test(test_fast_backward_accumulates_dw_and_db),
         cmocka_unit_test(test_backward_set_overwrites_dw_and_db),
         cmocka_unit_test(test_fast_backward_overwrites_dx),
