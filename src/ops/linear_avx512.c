@@ -337,64 +337,43 @@ AVX512 static void wgrad_tile_any(int orows, int64_t kn, int64_t n, const float 
  * quarter of the work.  A row keeps dw [o, 64 columns] in four registers and, for each
  * nonzero, loads the sample's 64 columns of x's packed panel (16 KiB, in L1) and
  * broadcasts dy [m, o]; two rows go together, for eight independent sums. */
-#define SPARSE_ROWS 24          /* rows per chunk: x's panels cycle through L1 once per chunk */
-
-/* Row o over a panel of kn columns (the rest of the panel is zero and not stored). */
-AVX512_INLINE void sparse_one(const wgrad_job *jb, int64_t o, const float *xp, float *d, int64_t kn) {
-    __m512 c0 = _mm512_setzero_ps(), c1 = c0, c2 = c0, c3 = c0;
-    for (int32_t e = jb->start[o]; e < jb->start[o + 1]; e++) {
+/* c [MV] += dy's nonzeros [e, end) of a row, each times its sample's row of the panel xp. */
+AVX512_INLINE void sparse_run(const wgrad_job *jb, int32_t e, int32_t end, const float *xp, __m512 c[MV]) {
+    for (; e < end; e++) {
         const float *xm = xp + jb->at[e];
         __m512 v = _mm512_set1_ps(jb->val[e]);
-        c0 = _mm512_fmadd_ps(v, _mm512_load_ps(xm), c0);
-        c1 = _mm512_fmadd_ps(v, _mm512_load_ps(xm + LANES), c1);
-        c2 = _mm512_fmadd_ps(v, _mm512_load_ps(xm + 2 * LANES), c2);
-        c3 = _mm512_fmadd_ps(v, _mm512_load_ps(xm + 3 * LANES), c3);
-    }
-    __m512 c[MV] = {c0, c1, c2, c3};
-    for (int v = 0; v < MV; v++) {
-        int64_t lanes = kn - v * LANES;
-        if (lanes <= 0) break;
-        _mm512_mask_storeu_ps(d + v * LANES, lanes >= LANES ? (__mmask16)0xFFFF : (__mmask16)((1u << lanes) - 1u), c[v]);
+        for (int k = 0; k < MV; k++) c[k] = _mm512_fmadd_ps(v, _mm512_load_ps(xm + k * LANES), c[k]);
     }
 }
 
-/* Rows o and o + 1 over a full panel, their nonzeros walked together. */
+/* Row o over a panel of kn columns (the rest of the panel is zero and not stored). */
+AVX512_INLINE void sparse_one(const wgrad_job *jb, int64_t o, const float *xp, float *d, int64_t kn) {
+    __m512 c[MV];
+    for (int k = 0; k < MV; k++) c[k] = _mm512_setzero_ps();
+    sparse_run(jb, jb->start[o], jb->start[o + 1], xp, c);
+    for (int k = 0; k < MV && kn > k * LANES; k++) {
+        int64_t lanes = kn - k * LANES;
+        _mm512_mask_storeu_ps(d + k * LANES, lanes >= LANES ? (__mmask16)0xFFFF : (__mmask16)((1u << lanes) - 1u), c[k]);
+    }
+}
+
+/* Rows o and o + 1 over a full panel, their nonzeros walked together while both have
+ * some left. */
 AVX512_INLINE void sparse_pair(const wgrad_job *jb, int64_t o, const float *xp, float *da, float *db) {
-    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+    __m512 a[MV], b[MV];
+    for (int k = 0; k < MV; k++) a[k] = b[k] = _mm512_setzero_ps();
     int32_t ea = jb->start[o], enda = jb->start[o + 1], eb = enda, endb = jb->start[o + 2];
-    int32_t both = enda - ea < endb - eb ? enda - ea : endb - eb;
-    for (int32_t i = 0; i < both; i++, ea++, eb++) {
+    for (; ea < enda && eb < endb; ea++, eb++) {
         const float *xa = xp + jb->at[ea], *xb = xp + jb->at[eb];
         __m512 va = _mm512_set1_ps(jb->val[ea]), vb = _mm512_set1_ps(jb->val[eb]);
-        a0 = _mm512_fmadd_ps(va, _mm512_load_ps(xa), a0);
-        b0 = _mm512_fmadd_ps(vb, _mm512_load_ps(xb), b0);
-        a1 = _mm512_fmadd_ps(va, _mm512_load_ps(xa + LANES), a1);
-        b1 = _mm512_fmadd_ps(vb, _mm512_load_ps(xb + LANES), b1);
-        a2 = _mm512_fmadd_ps(va, _mm512_load_ps(xa + 2 * LANES), a2);
-        b2 = _mm512_fmadd_ps(vb, _mm512_load_ps(xb + 2 * LANES), b2);
-        a3 = _mm512_fmadd_ps(va, _mm512_load_ps(xa + 3 * LANES), a3);
-        b3 = _mm512_fmadd_ps(vb, _mm512_load_ps(xb + 3 * LANES), b3);
+        for (int k = 0; k < MV; k++) {
+            a[k] = _mm512_fmadd_ps(va, _mm512_load_ps(xa + k * LANES), a[k]);
+            b[k] = _mm512_fmadd_ps(vb, _mm512_load_ps(xb + k * LANES), b[k]);
+        }
     }
-    for (; ea < enda; ea++) {
-        const float *xa = xp + jb->at[ea];
-        __m512 va = _mm512_set1_ps(jb->val[ea]);
-        a0 = _mm512_fmadd_ps(va, _mm512_load_ps(xa), a0);
-        a1 = _mm512_fmadd_ps(va, _mm512_load_ps(xa + LANES), a1);
-        a2 = _mm512_fmadd_ps(va, _mm512_load_ps(xa + 2 * LANES), a2);
-        a3 = _mm512_fmadd_ps(va, _mm512_load_ps(xa + 3 * LANES), a3);
-    }
-    for (; eb < endb; eb++) {
-        const float *xb = xp + jb->at[eb];
-        __m512 vb = _mm512_set1_ps(jb->val[eb]);
-        b0 = _mm512_fmadd_ps(vb, _mm512_load_ps(xb), b0);
-        b1 = _mm512_fmadd_ps(vb, _mm512_load_ps(xb + LANES), b1);
-        b2 = _mm512_fmadd_ps(vb, _mm512_load_ps(xb + 2 * LANES), b2);
-        b3 = _mm512_fmadd_ps(vb, _mm512_load_ps(xb + 3 * LANES), b3);
-    }
-    _mm512_storeu_ps(da, a0), _mm512_storeu_ps(da + LANES, a1);
-    _mm512_storeu_ps(da + 2 * LANES, a2), _mm512_storeu_ps(da + 3 * LANES, a3);
-    _mm512_storeu_ps(db, b0), _mm512_storeu_ps(db + LANES, b1);
-    _mm512_storeu_ps(db + 2 * LANES, b2), _mm512_storeu_ps(db + 3 * LANES, b3);
+    sparse_run(jb, ea, enda, xp, a);
+    sparse_run(jb, eb, endb, xp, b);
+    for (int k = 0; k < MV; k++) _mm512_storeu_ps(da + k * LANES, a[k]), _mm512_storeu_ps(db + k * LANES, b[k]);
 }
 
 /* Blocks of dw: SINK_ROWS rows (whole tiles) by SINK_KB columns.  A block's panels of x
