@@ -113,35 +113,44 @@ static void fused_table(graft_ctx *ctx, int batch, int iters, double density) {
     free(x), free(dy);
 }
 
-/* The 4096 -> 4096 layer's weight gradient written whole, from every term of the sum
- * (dense tiles) and from dy's nonzeros only, at several shares of nonzeros in dy (the
- * recipe's dy, past a ReLU and a Dropout, has about a quarter).  Milliseconds, and
- * whether both give the same bits. */
+/* The 4096 -> 4096 layer's input gradient and weight gradient written whole, from every
+ * term of the sums (dense tiles) and from dy's nonzeros only, at several shares of
+ * nonzeros in dy (the recipe's dy, past a ReLU and a Dropout, has about a quarter; the
+ * input gradient takes the nonzeros up to 40%, the weight gradient up to 50%).
+ * Milliseconds, and whether both give the same bits. */
 static void sparse_table(graft_ctx *ctx, int batch, int iters) {
     static const double density[] = {1.0, 0.75, 0.5, 0.375, 0.25, 0.125};
     int64_t in = 4096, out = 4096, n = batch;
-    size_t nw = (size_t)(in * out);
-    float *x = random_floats((size_t)(n * in), 1, 1.0f), *dw[2] = {zero_floats(nw), zero_floats(nw)};
-    printf("\n4096->4096 weight gradient written whole, batch %d, ms, by share of nonzeros in dy\n", batch);
-    printf("%-14s %13s %13s %9s\n", "nonzero", "every term", "nonzeros", "same");
+    size_t nw = (size_t)(in * out), nx = (size_t)(n * in);
+    float *x = random_floats(nx, 1, 1.0f), *w = random_floats(nw, 2, 0.02f);
+    float *dw[2] = {zero_floats(nw), zero_floats(nw)}, *dx[2] = {zero_floats(nx), zero_floats(nx)};
+    printf("\n4096->4096 gradients, batch %d, ms, by share of nonzeros in dy\n", batch);
+    printf("%-10s %11s %11s %6s %11s %11s %6s\n", "nonzero", "dx: every", "nonzeros", "same", "dw=: every",
+           "nonzeros", "same");
     for (size_t d = 0; d < sizeof density / sizeof density[0]; d++) {
         float *dy = random_floats((size_t)(n * out), 4, 1.0f), *keep = random_floats((size_t)(n * out), 5, 0.5f);
         for (int64_t i = 0; i < n * out; i++)
             if (keep[i] + 0.5f >= (float)density[d]) dy[i] = 0.0f;
-        double t[2][MAX_ITERS + 1];
+        double t[4][MAX_ITERS + 1];
         for (int it = 0; it <= iters; it++)
-            for (int k = 0; k < 2; k++) {
+            for (int j = 0; j < 2; j++) {
+                int k = (j + it) % 2; /* each first in turn: the one after finds some of w in L3 */
                 graft_linear_set_sparse_dy(k == 1);
                 double t0 = graft_now_seconds();
-                graft_linear_backward_ex(ctx, n, in, out, x, NULL, dy, NULL, dw[k], NULL, true, false);
+                graft_linear_backward(ctx, n, in, out, x, w, dy, dx[k], NULL, NULL);
                 t[k][it] = graft_now_seconds() - t0;
+                t0 = graft_now_seconds();
+                graft_linear_backward_ex(ctx, n, in, out, x, NULL, dy, NULL, dw[k], NULL, true, false);
+                t[2 + k][it] = graft_now_seconds() - t0;
             }
         graft_linear_set_sparse_dy(true);
-        printf("%-14.3f %13.2f %13.2f %9s\n", density[d], 1e3 * median(t[0] + 1, iters), 1e3 * median(t[1] + 1, iters),
+        printf("%-10.3f %11.2f %11.2f %6s %11.2f %11.2f %6s\n", density[d], 1e3 * median(t[0] + 1, iters),
+               1e3 * median(t[1] + 1, iters), memcmp(dx[0], dx[1], nx * sizeof(float)) ? "NO" : "yes",
+               1e3 * median(t[2] + 1, iters), 1e3 * median(t[3] + 1, iters),
                memcmp(dw[0], dw[1], nw * sizeof(float)) ? "NO" : "yes");
         free(dy), free(keep);
     }
-    free(x), free(dw[0]), free(dw[1]);
+    free(x), free(w), free(dw[0]), free(dw[1]), free(dx[0]), free(dx[1]);
 }
 
 int main(int argc, char **argv) {

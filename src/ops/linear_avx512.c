@@ -22,7 +22,8 @@
  * Input gradient, dx = dy w: the weight's rows run along dx's outputs, so a tile keeps
  * dx [6 samples, 64 inputs] in registers, loads 64 weights of a row and broadcasts
  * dy [m, p] for its samples; the weights are copied chunk by chunk into packed blocks
- * that stay in L1 (below, at dx_tile).
+ * that stay in L1 (below, at dx_tile).  Where at most 40% of dy is nonzero a sample
+ * sums only its nonzeros over those blocks, with the same bits (below, at dxs_run).
  *
  * Weight gradient written whole (dw = dy^T x into a gradient zeroed lazily, the
  * trainer's case): dy and x are packed into panels (6 columns of dy, 64 of x, the batch
@@ -155,6 +156,7 @@ static void forward_slab(void *arg, int64_t begin, int64_t end) {
     }
 }
 
+
 /* ---- input gradient: dx [m, i] = sum_p dy [m, p] w [p, i] -------------------------- */
 
 /* The weight's rows are contiguous in i, the input gradient's outputs: a tile keeps
@@ -177,7 +179,57 @@ typedef struct dx_job {
     const float *dy, *w;
     float *dx;
     float *scratch; /* DX_PC x DX_IW packed weights per slab */
+    /* NULL, or dy's nonzeros: bit j of mask [m * chunks + c] set where dy [m, c * DX_PC + j]
+       is not zero (DX_PC = 64 rows of w per chunk) */
+    const uint64_t *mask;
+    int64_t chunks;
 } dx_job;
+
+/* Whether the input and weight gradients may take their sums from dy's nonzeros (tests
+ * and benchmarks turn it off to compare), and the largest share of nonzeros at which
+ * they do: measured on the recipe's 4096 x 4096 layer (bench/linear_layers.c,
+ * docs/performance.md). */
+static bool sparse_dy_enabled = true;
+static uint64_t sparse_dy_taken; /* atomic */
+#define SPARSE_MAX_DENSITY 0.5      /* weight gradient: 25% nonzero 1.8x, 50% 1.3x */
+#define DX_SPARSE_MAX_DENSITY 0.4   /* input gradient: 25% nonzero 1.25x, 37.5% 1.07x, 50% 0.93x */
+
+static int64_t count_nonzero(int64_t count, const float *v) {
+    int64_t nz = 0;
+    for (int64_t i = 0; i < count; i++) nz += v[i] != 0.0f;
+    return nz;
+}
+
+/* mask [m * chunks + c] (chunks = ceil(out / DX_PC)): bit j set where dy [m, c * DX_PC + j]
+ * is not zero (NaN included); returns how many are. */
+AVX512 static int64_t dy_masks(int64_t n, int64_t out, const float *dy, uint64_t *mask) {
+    int64_t chunks = (out + DX_PC - 1) / DX_PC, nonzero = 0;
+    for (int64_t m = 0; m < n; m++)
+        for (int64_t c = 0; c < chunks; c++) {
+            uint64_t bits = 0;
+            for (int64_t j = 0; j < DX_PC && c * DX_PC + j < out; j += LANES) {
+                int64_t lanes = out - c * DX_PC - j;
+                __mmask16 k = lanes >= LANES ? (__mmask16)0xFFFF : (__mmask16)((1u << lanes) - 1u);
+                __m512 v = _mm512_maskz_loadu_ps(k, dy + m * out + c * DX_PC + j);
+                bits |= (uint64_t)_mm512_mask_cmp_ps_mask(k, v, _mm512_setzero_ps(), _CMP_NEQ_UQ) << j;
+            }
+            mask[m * chunks + c] = bits;
+            nonzero += __builtin_popcountll(bits);
+        }
+    return nonzero;
+}
+
+/* No infinity or NaN: then a zero times any of them is an exact zero. */
+static bool all_finite(int64_t count, const float *v) {
+    uint32_t worst = 0;
+    for (int64_t i = 0; i < count; i++) {
+        uint32_t bits;
+        memcpy(&bits, v + i, sizeof bits);
+        uint32_t e = bits & 0x7f800000u;
+        worst = e > worst ? e : worst;
+    }
+    return worst != 0x7f800000u;
+}
 
 /* dx [mr rows (stride ldx), nv vectors] (+)= sum over pc rows p of dy [r * ldy + p] wp [p][.];
  * from zero when first; the last vector masked. */
@@ -229,6 +281,72 @@ AVX512 static void dx_tile_any(int mr, int64_t cols, bool first, int64_t pc, con
     }
 }
 
+/* ---- the input gradient from dy's nonzeros ----------------------------------------
+ *
+ * dy [m, p] = 0 makes the term dy [m, p] w [p, i] an exact zero where w is finite, and
+ * such a term leaves a float sum as it was (as for the weight gradient, at sparse_one).
+ * So where few of dy's elements are nonzero, a sample's dx [m, 64 inputs] is summed over
+ * the set bits of its chunk's mask only, ascending, with the same fused multiply-adds as
+ * dx_tile: the same bits, with the arithmetic in proportion to the nonzeros.  Two samples
+ * go together, for eight independent sums; each nonzero loads the packed row of w (four
+ * vectors, in L1) and broadcasts dy [m, p].  A chunk whose packed weights hold an infinity
+ * or NaN takes dx_tile (0 times either is NaN). */
+
+/* c [DX_IV] += dy [p] wp [p][.] over the set bits p of bits, ascending. */
+AVX512_INLINE void dxs_run(uint64_t bits, const float *dy, const float *wp, __m512 c[DX_IV]) {
+    for (; bits; bits &= bits - 1) {
+        int p = __builtin_ctzll(bits);
+        __m512 d = _mm512_set1_ps(dy[p]);
+        for (int v = 0; v < DX_IV; v++) c[v] = _mm512_fmadd_ps(d, _mm512_load_ps(wp + p * DX_IB + v * LANES), c[v]);
+    }
+}
+
+/* Samples a and b (rows of dy and dx), or a alone where b is NULL, over a block of cols
+ * inputs of a chunk; from zero when first. */
+AVX512 static void dxs_pair(uint64_t ma, uint64_t mb, bool first, const float *dya, const float *dyb, const float *wp,
+                            float *dxa, float *dxb, int64_t cols) {
+    __m512 a[DX_IV], b[DX_IV];
+    __mmask16 mk[DX_IV];
+    for (int v = 0; v < DX_IV; v++) {
+        int64_t lanes = cols - v * LANES;
+        mk[v] = lanes >= LANES ? (__mmask16)0xFFFF : lanes <= 0 ? 0 : (__mmask16)((1u << lanes) - 1u);
+        a[v] = first ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(mk[v], dxa + v * LANES);
+        b[v] = first || !dxb ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(mk[v], dxb + v * LANES);
+    }
+    if (!dxb) mb = 0;
+    for (; ma && mb; ma &= ma - 1, mb &= mb - 1) {
+        int pa = __builtin_ctzll(ma), pb = __builtin_ctzll(mb);
+        __m512 da = _mm512_set1_ps(dya[pa]), db = _mm512_set1_ps(dyb[pb]);
+        for (int v = 0; v < DX_IV; v++) {
+            a[v] = _mm512_fmadd_ps(da, _mm512_load_ps(wp + pa * DX_IB + v * LANES), a[v]);
+            b[v] = _mm512_fmadd_ps(db, _mm512_load_ps(wp + pb * DX_IB + v * LANES), b[v]);
+        }
+    }
+    dxs_run(ma, dya, wp, a);
+    dxs_run(mb, dyb, wp, b);
+    for (int v = 0; v < DX_IV; v++) {
+        _mm512_mask_storeu_ps(dxa + v * LANES, mk[v], a[v]);
+        if (dxb) _mm512_mask_storeu_ps(dxb + v * LANES, mk[v], b[v]);
+    }
+}
+
+/* w [pc rows (stride ldw), width inputs] into wp: blocks of DX_IB inputs, each
+ * [DX_PC][DX_IB] (zero past width), each row read as one run; whether every element
+ * copied is finite. */
+AVX512 static bool dx_pack_checked(const float *w, int64_t ldw, int64_t pc, int64_t width, float *wp) {
+    __m512i seen = _mm512_setzero_si512();
+    const __m512i exp = _mm512_set1_epi32(0x7f800000);
+    for (int64_t p = 0; p < pc; p++)
+        for (int64_t i = 0; i < (width + DX_IB - 1) / DX_IB * DX_IB; i += LANES) {
+            int64_t lanes = width - i;
+            __mmask16 k = lanes >= LANES ? (__mmask16)0xFFFF : lanes <= 0 ? 0 : (__mmask16)((1u << lanes) - 1u);
+            __m512 x = _mm512_maskz_loadu_ps(k, w + p * ldw + i);
+            seen = _mm512_max_epu32(seen, _mm512_and_si512(_mm512_castps_si512(x), exp));
+            _mm512_store_ps(wp + (i / DX_IB * DX_PC + p) * DX_IB + i % DX_IB, x);
+        }
+    return _mm512_reduce_max_epu32(seen) != 0x7f800000u;
+}
+
 /* Slab s: the inputs in blocks [blocks * s / slabs, blocks * (s + 1) / slabs) of iw. */
 static void dx_slab(void *arg, int64_t begin, int64_t end) {
     const dx_job *jb = arg;
@@ -239,17 +357,33 @@ static void dx_slab(void *arg, int64_t begin, int64_t end) {
             int64_t subs = (width + DX_IB - 1) / DX_IB;
             for (int64_t p0 = 0; p0 < jb->out; p0 += DX_PC) {
                 int64_t pc = jb->out - p0 < DX_PC ? jb->out - p0 : DX_PC;
-                for (int64_t p = 0; p < pc; p++) {
-                    const float *row = jb->w + (p0 + p) * jb->in + i0;
-                    for (int64_t sb = 0; sb < subs; sb++) {
-                        int64_t cols = width - sb * DX_IB < DX_IB ? width - sb * DX_IB : DX_IB;
-                        float *to = wp + (sb * DX_PC + p) * DX_IB;
-                        memcpy(to, row + sb * DX_IB, (size_t)cols * sizeof(float));
-                        if (cols < DX_IB) memset(to + cols, 0, (size_t)(DX_IB - cols) * sizeof(float));
+                bool finite = true;
+                if (jb->mask) {
+                    finite = dx_pack_checked(jb->w + p0 * jb->in + i0, jb->in, pc, width, wp);
+                } else {
+                    for (int64_t p = 0; p < pc; p++) {
+                        const float *row = jb->w + (p0 + p) * jb->in + i0;
+                        for (int64_t sb = 0; sb < subs; sb++) {
+                            int64_t cols = width - sb * DX_IB < DX_IB ? width - sb * DX_IB : DX_IB;
+                            float *to = wp + (sb * DX_PC + p) * DX_IB;
+                            memcpy(to, row + sb * DX_IB, (size_t)cols * sizeof(float));
+                            if (cols < DX_IB) memset(to + cols, 0, (size_t)(DX_IB - cols) * sizeof(float));
+                        }
                     }
                 }
                 for (int64_t sb = 0; sb < subs; sb++) {
                     int64_t cols = width - sb * DX_IB < DX_IB ? width - sb * DX_IB : DX_IB;
+                    if (jb->mask && finite) {
+                        const uint64_t *mk = jb->mask + p0 / DX_PC;
+                        for (int64_t m = 0; m < jb->n; m += 2) {
+                            bool two = m + 1 < jb->n;
+                            float *dxm = jb->dx + m * jb->in + i0 + sb * DX_IB;
+                            dxs_pair(mk[m * jb->chunks], two ? mk[(m + 1) * jb->chunks] : 0, p0 == 0,
+                                     jb->dy + m * jb->out + p0, two ? jb->dy + (m + 1) * jb->out + p0 : NULL,
+                                     wp + sb * DX_PC * DX_IB, dxm, two ? dxm + jb->in : NULL, cols);
+                        }
+                        continue;
+                    }
                     for (int64_t m0 = 0; m0 < jb->n; m0 += DX_MR) {
                         int mr = jb->n - m0 < DX_MR ? (int)(jb->n - m0) : DX_MR;
                         dx_tile_any(mr, cols, p0 == 0, pc, jb->dy + m0 * jb->out + p0, jb->out,
@@ -496,10 +630,18 @@ bool graft_linear_input_grad_avx512(graft_ctx *ctx, int64_t n, int64_t in, int64
     int64_t iw = (in + threads * DX_IB - 1) / (threads * DX_IB) * DX_IB; /* a block per thread at least */
     if (iw > DX_IW) iw = DX_IW;
     int64_t blocks = (in + iw - 1) / iw, slabs = slab_count(blocks);
-    float *scratch = graft_ctx_workspace(ctx, (size_t)(slabs * DX_PC * iw)); /* aligned to a cache line */
+    int64_t chunks = (out + DX_PC - 1) / DX_PC, mask_floats = sparse_dy_enabled ? 2 * n * chunks : 0;
+    float *scratch = graft_ctx_workspace(ctx, (size_t)(slabs * DX_PC * iw + mask_floats)); /* cache-line aligned */
     if (!scratch) return false;
     dx_job jb = {.n = n, .in = in, .out = out, .iw = iw, .blocks = blocks, .slabs = slabs, .dy = dy, .w = w,
-                 .dx = dx, .scratch = scratch};
+                 .dx = dx, .scratch = scratch, .chunks = chunks};
+    if (mask_floats) {
+        uint64_t *mask = (uint64_t *)(scratch + slabs * DX_PC * iw); /* 8-byte aligned: slabs * DX_PC * iw is even */
+        if (dy_masks(n, out, dy, mask) <= (int64_t)(DX_SPARSE_MAX_DENSITY * (double)(n * out))) {
+            jb.mask = mask;
+            __atomic_fetch_add(&sparse_dy_taken, 1, __ATOMIC_RELAXED);
+        }
+    }
     graft_parallel_for(slabs, 1, dx_slab, &jb);
     return true;
 #else
@@ -508,32 +650,6 @@ bool graft_linear_input_grad_avx512(graft_ctx *ctx, int64_t n, int64_t in, int64
 #endif
 }
 
-#if HAVE_AVX512_BUILD
-/* Whether weight gradients may take their sums from dy's nonzeros (tests and benchmarks
- * turn it off to compare), and the largest share of nonzeros at which they do: measured
- * on the recipe's 4096 x 4096 layer (bench/linear_layers.c, docs/performance.md). */
-static bool sparse_dy_enabled = true;
-static uint64_t sparse_dy_taken; /* atomic */
-#define SPARSE_MAX_DENSITY 0.5
-
-static int64_t count_nonzero(int64_t count, const float *v) {
-    int64_t nz = 0;
-    for (int64_t i = 0; i < count; i++) nz += v[i] != 0.0f;
-    return nz;
-}
-
-/* No infinity or NaN: then a zero times any of them is an exact zero. */
-static bool all_finite(int64_t count, const float *v) {
-    uint32_t worst = 0;
-    for (int64_t i = 0; i < count; i++) {
-        uint32_t bits;
-        memcpy(&bits, v + i, sizeof bits);
-        uint32_t e = bits & 0x7f800000u;
-        worst = e > worst ? e : worst;
-    }
-    return worst != 0x7f800000u;
-}
-#endif
 
 void graft_linear_set_sparse_dy(bool on) {
 #if HAVE_AVX512_BUILD

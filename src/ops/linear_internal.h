@@ -55,11 +55,14 @@ bool graft_linear_input_grad_avx512(graft_ctx *ctx, int64_t n, int64_t in, int64
 bool graft_linear_weight_grad_avx512(graft_ctx *ctx, int64_t n, int64_t in, int64_t out, const float *dy, const float *x,
                                      float *dw);
 
-/* Whether the weight gradients above and below may sum dy's nonzeros only, where at
- * most half of dy's elements are nonzero and x is finite (the same bits;
- * linear_avx512.c); on by default.  Process-wide: for tests and benchmarks. */
+/* Whether the input and weight gradients above and below may sum dy's nonzeros only:
+ * weight gradients where at most half of dy's elements are nonzero and x is finite,
+ * input gradients where at most 40% are (chunks of w with an infinity or NaN sum every
+ * term) — the same bits either way (linear_avx512.c); on by default.  Process-wide: for
+ * tests and benchmarks. */
 void graft_linear_set_sparse_dy(bool on);
-/* How many weight gradients have summed dy's nonzeros only, so far in this process. */
+/* How many input and weight gradients have summed dy's nonzeros only, so far in this
+ * process. */
 uint64_t graft_linear_sparse_dy_count(void);
 
 /* The same weight gradient handed to sink (ops.h) in bands of rows instead of stored:

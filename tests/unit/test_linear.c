@@ -340,6 +340,19 @@ static bool avx512_dw(const problem *p, const float *x, const float *dy, bool sp
     return graft_linear_sparse_dy_count() != before;
 }
 
+/* The double reference's dw (want_dx false) or dx for p's x and w with dy as given,
+ * against got: the relative error. */
+static double nonzeros_ref_err(const problem *p, const float *dy, const float *got, bool want_dx) {
+    shape s = p->s;
+    int64_t count = want_dx ? s.n * s.in : s.out * s.in;
+    double *rdy = malloc((size_t)(s.n * s.out) * sizeof(double)), *ref = zeros(count);
+    for (int64_t j = 0; j < s.n * s.out; j++) rdy[j] = dy[j];
+    graft_ref_linear_backward(s.n, s.in, s.out, p->x, p->w, rdy, want_dx ? ref : NULL, want_dx ? NULL : ref, NULL);
+    double err = tu_rel_err_fd(got, ref, count, 1e-6);
+    free(rdy), free(ref);
+    return err;
+}
+
 /* Where dy is mostly zero the weight gradient sums only its nonzeros: the same bits as
  * every term (stored, and handed to a sink), for one thread and three, within FAST_TOL
  * of the double reference; half of dy nonzero or more takes every term. */
@@ -376,14 +389,11 @@ static void test_weight_grad_from_nonzeros_gives_the_dense_bits(void **state) {
                 for (int64_t j = 0; j < s.out * s.in; j++) assert_int_equal(c.visits[j], 1);
                 assert_memory_equal(c.got, dense, (size_t)(s.out * s.in) * sizeof(float));
 
-                double *rdy = malloc((size_t)(s.n * s.out) * sizeof(double)), *rdw = zeros(s.out * s.in);
-                for (int64_t j = 0; j < s.n * s.out; j++) rdy[j] = dy[j];
-                graft_ref_linear_backward(s.n, s.in, s.out, p.x, p.w, rdy, NULL, rdw, NULL);
-                double err = tu_rel_err_fd(sparse, rdw, s.out * s.in, 1e-6);
+                double err = nonzeros_ref_err(&p, dy, sparse, false);
                 report("dw from nonzeros", i, err);
                 assert_true(err <= FAST_TOL);
                 pthread_mutex_destroy(&c.lock);
-                free(c.got), free(c.visits), free(rdy), free(rdw);
+                free(c.got), free(c.visits);
                 free(x), free(dy), free(dense), free(sparse);
                 free_problem(&p);
             }
@@ -391,28 +401,98 @@ static void test_weight_grad_from_nonzeros_gives_the_dense_bits(void **state) {
     assert_int_equal(graft_set_num_threads(3), GRAFT_OK);
 }
 
-/* A zero of dy times an infinity or NaN of x is NaN, not zero: with one in x every term
- * is summed, and dw has the NaNs the dense sum has. */
-static void test_weight_grad_with_nonfinite_x_sums_every_term(void **state) {
+
+/* dx = dy w by the AVX-512 kernel, with the nonzeros path allowed or not; returns
+ * whether it took that path. */
+static bool avx512_dx(shape s, const float *w, const float *dy, bool sparse, float *dx) {
+    uint64_t before = graft_linear_sparse_dy_count();
+    graft_linear_set_sparse_dy(sparse);
+    graft_linear_set_kernel(GRAFT_LINEAR_AVX512);
+    graft_linear_backward(&ctx, s.n, s.in, s.out, NULL, w, dy, dx, NULL, NULL);
+    graft_linear_set_kernel(GRAFT_LINEAR_AUTO);
+    graft_linear_set_sparse_dy(true);
+    return graft_linear_sparse_dy_count() != before;
+}
+
+/* The input gradient the same way: the dense tiles' bits where at most 40% of dy is
+ * nonzero (summing the nonzeros), for one thread and three, within FAST_TOL of the
+ * double reference; more nonzeros take the tiles. */
+static void test_input_grad_from_nonzeros_gives_the_dense_bits(void **state) {
     (void)state;
+    if (!graft_linear_avx512_available()) {
+        print_message("no AVX-512F on this CPU: skipped\n");
+        return;
+    }
+    /* chunks of 64 rows of w with a short last one, blocks of 64 inputs with a short last
+       one, odd batches (a sample without a partner) */
+    const shape shapes[] = {{64, 4096, 64}, {128, 257, 70}, {7, 33, 65}, {64, 100, 200}, {1, 5, 64}, {3, 1100, 97}};
+    const double keeps[] = {0.25, 0.05, 0.35, 0.9};
+    for (int threads = 1; threads <= 3; threads += 2) {
+        assert_int_equal(graft_set_num_threads(threads), GRAFT_OK);
+        for (int i = 0; i < COUNT(shapes); i++)
+            for (int k = 0; k < COUNT(keeps); k++) {
+                shape s = shapes[i];
+                problem p = make_problem(s, 2000 + (uint64_t)i);
+                float *w = tu_to_float(p.w, s.out * s.in), *dy = masked_dy(&p, keeps[k], 2100 + (uint64_t)(i * 8 + k));
+                float *dense = float_filled(s.n * s.in, NAN), *sparse = float_filled(s.n * s.in, NAN);
+                assert_false(avx512_dx(s, w, dy, false, dense));
+                bool took = avx512_dx(s, w, dy, true, sparse);
+                int64_t nonzero = 0;
+                for (int64_t j = 0; j < s.n * s.out; j++) nonzero += dy[j] != 0;
+                assert_int_equal(took, nonzero <= (int64_t)(0.4 * (double)(s.n * s.out)));
+                assert_memory_equal(sparse, dense, (size_t)(s.n * s.in) * sizeof(float));
+                double err = nonzeros_ref_err(&p, dy, sparse, true);
+                report("dx from nonzeros", i, err);
+                assert_true(err <= FAST_TOL);
+                free(w), free(dy), free(dense), free(sparse);
+                free_problem(&p);
+            }
+    }
+    assert_int_equal(graft_set_num_threads(3), GRAFT_OK);
+}
+
+/* A zero of dy times an infinity or NaN is NaN, not zero.  With one in x (the weight
+ * gradient) or in a chunk of w (the input gradient), the sums it enters take every term,
+ * and the result has the NaNs of the dense sum: dy [., 0] is all zero, so
+ * dw [0, 17] = sum_m 0 * x [m, 17] with x [5, 17] bad, and dx [m, 17] takes 0 * w [0, 17]. */
+static void check_nonfinite(bool in_w) {
     if (!graft_linear_avx512_available()) {
         print_message("no AVX-512F on this CPU: skipped\n");
         return;
     }
     const float bad[] = {INFINITY, -INFINITY, NAN};
     for (int b = 0; b < COUNT(bad); b++) {
-        shape s = {64, 300, 96};
+        shape s = {64, 300, in_w ? 200 : 96};
         problem p = make_problem(s, 1900 + (uint64_t)b);
-        float *x = tu_to_float(p.x, s.n * s.in), *dy = masked_dy(&p, 0.25, 1950 + (uint64_t)b);
-        x[5 * s.in + 17] = bad[b]; /* sample 5, input 17 */
-        float *dense = float_filled(s.out * s.in, 0), *sparse = float_filled(s.out * s.in, 0);
-        assert_false(avx512_dw(&p, x, dy, false, dense));
-        assert_false(avx512_dw(&p, x, dy, true, sparse));
-        assert_memory_equal(sparse, dense, (size_t)(s.out * s.in) * sizeof(float));
-        assert_true(isnan(dense[0 * s.in + 17])); /* dy [., 0] is all zero: 0 * inf */
-        free(x), free(dy), free(dense), free(sparse);
+        float *x = tu_to_float(p.x, s.n * s.in), *w = tu_to_float(p.w, s.out * s.in);
+        float *dy = masked_dy(&p, 0.25, 1950 + (uint64_t)b);
+        int64_t count = in_w ? s.n * s.in : s.out * s.in;
+        float *dense = float_filled(count, 0), *sparse = float_filled(count, 0);
+        if (in_w) {
+            w[0 * s.in + 17] = bad[b];
+            assert_false(avx512_dx(s, w, dy, false, dense));
+            assert_true(avx512_dx(s, w, dy, true, sparse)); /* the other chunks from the nonzeros */
+            assert_true(isnan(dense[3 * s.in + 17]));
+        } else {
+            x[5 * s.in + 17] = bad[b];
+            assert_false(avx512_dw(&p, x, dy, false, dense));
+            assert_false(avx512_dw(&p, x, dy, true, sparse));
+            assert_true(isnan(dense[0 * s.in + 17]));
+        }
+        assert_memory_equal(sparse, dense, (size_t)count * sizeof(float));
+        free(x), free(w), free(dy), free(dense), free(sparse);
         free_problem(&p);
     }
+}
+
+static void test_weight_grad_with_nonfinite_x_sums_every_term(void **state) {
+    (void)state;
+    check_nonfinite(false);
+}
+
+static void test_input_grad_with_nonfinite_w_sums_every_term(void **state) {
+    (void)state;
+    check_nonfinite(true);
 }
 
 /* Every shape with each kernel (the AVX-512 one computes dx here; dw accumulates, so
@@ -716,6 +796,8 @@ int main(void) {
         cmocka_unit_test(test_weight_grad_to_sink_gives_the_stored_bits),
         cmocka_unit_test(test_weight_grad_from_nonzeros_gives_the_dense_bits),
         cmocka_unit_test(test_weight_grad_with_nonfinite_x_sums_every_term),
+        cmocka_unit_test(test_input_grad_from_nonzeros_gives_the_dense_bits),
+        cmocka_unit_test(test_input_grad_with_nonfinite_w_sums_every_term),
         cmocka_unit_test(test_fast_backward_accumulates_dw_and_db),
         cmocka_unit_test(test_backward_set_overwrites_dw_and_db),
         cmocka_unit_test(test_fast_backward_overwrites_dx),
