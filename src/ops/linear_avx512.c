@@ -75,6 +75,19 @@ bool graft_linear_avx512_available(void) { return graft_cpu_avx512f(); }
 
 #if HAVE_AVX512_BUILD
 
+/* The first `lanes` lanes of a vector (none for lanes <= 0, all for lanes >= LANES). */
+static inline __mmask16 lane_mask(int64_t lanes) {
+    return lanes >= LANES ? (__mmask16)0xFFFF : lanes <= 0 ? (__mmask16)0 : (__mmask16)((1u << lanes) - 1u);
+}
+
+/* seen, the largest exponent field met so far, updated with x's lanes; the values met
+ * were all finite while it stays below 0x7f800000 (finite_seen). */
+AVX512_INLINE __m512i track_exponent(__m512i seen, __m512 x) {
+    return _mm512_max_epu32(seen, _mm512_and_si512(_mm512_castps_si512(x), _mm512_set1_epi32(0x7f800000)));
+}
+
+AVX512_INLINE bool finite_seen(__m512i seen) { return _mm512_reduce_max_epu32(seen) != 0x7f800000u; }
+
 /* y [m, j] = sum_p x [m, p] w [j, p] (+ b [j]), the weight read in place. */
 typedef struct forward_job {
     int64_t n, in, out, tiles, slabs;
@@ -156,7 +169,6 @@ static void forward_slab(void *arg, int64_t begin, int64_t end) {
     }
 }
 
-
 /* ---- input gradient: dx [m, i] = sum_p dy [m, p] w [p, i] -------------------------- */
 
 /* The weight's rows are contiguous in i, the input gradient's outputs: a tile keeps
@@ -209,7 +221,7 @@ AVX512 static int64_t dy_masks(int64_t n, int64_t out, const float *dy, uint64_t
             uint64_t bits = 0;
             for (int64_t j = 0; j < DX_PC && c * DX_PC + j < out; j += LANES) {
                 int64_t lanes = out - c * DX_PC - j;
-                __mmask16 k = lanes >= LANES ? (__mmask16)0xFFFF : (__mmask16)((1u << lanes) - 1u);
+                __mmask16 k = lane_mask(lanes);
                 __m512 v = _mm512_maskz_loadu_ps(k, dy + m * out + c * DX_PC + j);
                 bits |= (uint64_t)_mm512_mask_cmp_ps_mask(k, v, _mm512_setzero_ps(), _CMP_NEQ_UQ) << j;
             }
@@ -220,15 +232,11 @@ AVX512 static int64_t dy_masks(int64_t n, int64_t out, const float *dy, uint64_t
 }
 
 /* No infinity or NaN: then a zero times any of them is an exact zero. */
-static bool all_finite(int64_t count, const float *v) {
-    uint32_t worst = 0;
-    for (int64_t i = 0; i < count; i++) {
-        uint32_t bits;
-        memcpy(&bits, v + i, sizeof bits);
-        uint32_t e = bits & 0x7f800000u;
-        worst = e > worst ? e : worst;
-    }
-    return worst != 0x7f800000u;
+AVX512 static bool all_finite(int64_t count, const float *v) {
+    __m512i seen = _mm512_setzero_si512();
+    for (int64_t i = 0; i < count; i += LANES)
+        seen = track_exponent(seen, _mm512_maskz_loadu_ps(lane_mask(count - i), v + i));
+    return finite_seen(seen);
 }
 
 /* dx [mr rows (stride ldx), nv vectors] (+)= sum over pc rows p of dy [r * ldy + p] wp [p][.];
@@ -266,7 +274,7 @@ AVX512 static void dx_tile_any(int mr, int64_t cols, bool first, int64_t pc, con
                                const float *wp, float *dx, int64_t ldx) {
     int nv = (int)((cols + LANES - 1) / LANES);
     int tail = (int)(cols - (int64_t)(nv - 1) * LANES);
-    __mmask16 last = (__mmask16)(tail == LANES ? 0xFFFF : (1u << tail) - 1u);
+    __mmask16 last = lane_mask(tail);
     if (mr == DX_MR && nv == DX_IV) {
         dx_tile(DX_MR, DX_IV, last, first, pc, dy, ldy, wp, dx, ldx);
         return;
@@ -308,8 +316,7 @@ AVX512 static void dxs_pair(uint64_t ma, uint64_t mb, bool first, const float *d
     __m512 a[DX_IV], b[DX_IV];
     __mmask16 mk[DX_IV];
     for (int v = 0; v < DX_IV; v++) {
-        int64_t lanes = cols - v * LANES;
-        mk[v] = lanes >= LANES ? (__mmask16)0xFFFF : lanes <= 0 ? 0 : (__mmask16)((1u << lanes) - 1u);
+        mk[v] = lane_mask(cols - v * LANES);
         a[v] = first ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(mk[v], dxa + v * LANES);
         b[v] = first || !dxb ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(mk[v], dxb + v * LANES);
     }
@@ -335,16 +342,13 @@ AVX512 static void dxs_pair(uint64_t ma, uint64_t mb, bool first, const float *d
  * copied is finite. */
 AVX512 static bool dx_pack_checked(const float *w, int64_t ldw, int64_t pc, int64_t width, float *wp) {
     __m512i seen = _mm512_setzero_si512();
-    const __m512i exp = _mm512_set1_epi32(0x7f800000);
     for (int64_t p = 0; p < pc; p++)
         for (int64_t i = 0; i < (width + DX_IB - 1) / DX_IB * DX_IB; i += LANES) {
-            int64_t lanes = width - i;
-            __mmask16 k = lanes >= LANES ? (__mmask16)0xFFFF : lanes <= 0 ? 0 : (__mmask16)((1u << lanes) - 1u);
-            __m512 x = _mm512_maskz_loadu_ps(k, w + p * ldw + i);
-            seen = _mm512_max_epu32(seen, _mm512_and_si512(_mm512_castps_si512(x), exp));
+            __m512 x = _mm512_maskz_loadu_ps(lane_mask(width - i), w + p * ldw + i);
+            seen = track_exponent(seen, x);
             _mm512_store_ps(wp + (i / DX_IB * DX_PC + p) * DX_IB + i % DX_IB, x);
         }
-    return _mm512_reduce_max_epu32(seen) != 0x7f800000u;
+    return finite_seen(seen);
 }
 
 /* Slab s: the inputs in blocks [blocks * s / slabs, blocks * (s + 1) / slabs) of iw. */
@@ -444,7 +448,7 @@ AVX512 static void wgrad_tile_any(int orows, int64_t kn, int64_t n, const float 
                                   float *dw, int64_t lddw) {
     int nv = (int)((kn + LANES - 1) / LANES);
     int tail = (int)(kn - (int64_t)(nv - 1) * LANES);
-    __mmask16 last = (__mmask16)(tail == LANES ? 0xFFFF : (1u << tail) - 1u);
+    __mmask16 last = lane_mask(tail);
     if (orows == OR && nv == MV) {
         wgrad_tile(OR, MV, last, n, dyt, xp, dw, lddw);
         return;
@@ -471,6 +475,7 @@ AVX512 static void wgrad_tile_any(int orows, int64_t kn, int64_t n, const float 
  * quarter of the work.  A row keeps dw [o, 64 columns] in four registers and, for each
  * nonzero, loads the sample's 64 columns of x's packed panel (16 KiB, in L1) and
  * broadcasts dy [m, o]; two rows go together, for eight independent sums. */
+
 /* c [MV] += dy's nonzeros [e, end) of a row, each times its sample's row of the panel xp. */
 AVX512_INLINE void sparse_run(const wgrad_job *jb, int32_t e, int32_t end, const float *xp, __m512 c[MV]) {
     for (; e < end; e++) {
@@ -485,10 +490,8 @@ AVX512_INLINE void sparse_one(const wgrad_job *jb, int64_t o, const float *xp, f
     __m512 c[MV];
     for (int k = 0; k < MV; k++) c[k] = _mm512_setzero_ps();
     sparse_run(jb, jb->start[o], jb->start[o + 1], xp, c);
-    for (int k = 0; k < MV && kn > k * LANES; k++) {
-        int64_t lanes = kn - k * LANES;
-        _mm512_mask_storeu_ps(d + k * LANES, lanes >= LANES ? (__mmask16)0xFFFF : (__mmask16)((1u << lanes) - 1u), c[k]);
-    }
+    for (int k = 0; k < MV && kn > k * LANES; k++)
+        _mm512_mask_storeu_ps(d + k * LANES, lane_mask(kn - k * LANES), c[k]);
 }
 
 /* Rows o and o + 1 over a full panel, their nonzeros walked together while both have
@@ -650,7 +653,6 @@ bool graft_linear_input_grad_avx512(graft_ctx *ctx, int64_t n, int64_t in, int64
 #endif
 }
 
-
 void graft_linear_set_sparse_dy(bool on) {
 #if HAVE_AVX512_BUILD
     sparse_dy_enabled = on;
@@ -668,9 +670,9 @@ uint64_t graft_linear_sparse_dy_count(void) {
 }
 
 #if HAVE_AVX512_BUILD
-/* Packs dy and x for the weight-gradient tiles into ctx's workspace, with
- * extra_per_slab more floats per slab after them (cache-line aligned) in *extra_out;
- * fills *jb.  False: no memory. */
+/* Packs dy (as tiles, or as lists of its nonzeros) and x for the weight gradient into
+ * ctx's workspace, with extra_per_slab more floats per slab after them (cache-line
+ * aligned) in *extra_out; fills *jb.  False: no memory. */
 static bool wgrad_prepare(graft_ctx *ctx, int64_t n, int64_t in, int64_t out, const float *dy, const float *x,
                           float *dw, size_t extra_per_slab, wgrad_job *jb, float **extra_out) {
     int64_t otiles = (out + OR - 1) / OR, panels = (in + MB - 1) / MB, slabs = slab_count(otiles);

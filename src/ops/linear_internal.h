@@ -65,8 +65,9 @@ void graft_linear_set_sparse_dy(bool on);
  * process. */
 uint64_t graft_linear_sparse_dy_count(void);
 
-/* The same weight gradient handed to sink (ops.h) in bands of rows instead of stored:
- * each band is computed into the thread's scratch by the same tiles, then passed on.
+/* The same weight gradient handed to sink (ops.h) in blocks instead of stored: each
+ * block is computed into the thread's scratch as above, then passed on a row's part at
+ * a time.
  * Returns false, having called nothing, when it cannot run. */
 bool graft_linear_weight_grad_avx512_sink(graft_ctx *ctx, int64_t n, int64_t in, int64_t out, const float *dy,
                                           const float *x, const graft_grad_sink *sink);

@@ -258,6 +258,17 @@ typedef struct collector {
     pthread_mutex_t lock;
 } collector;
 
+/* c collects pieces of count elements: got all NaN, no visits yet. */
+static void collector_init(collector *c, int64_t count) {
+    *c = (collector){.got = float_filled(count, NAN), .visits = calloc((size_t)count, sizeof(int))};
+    pthread_mutex_init(&c->lock, NULL);
+}
+
+static void collector_release(collector *c) {
+    pthread_mutex_destroy(&c->lock);
+    free(c->got), free(c->visits);
+}
+
 static void collect_begin(void *user) { ((collector *)user)->begins++; }
 
 static void collect_piece(void *user, int64_t begin, int64_t end, float *g) {
@@ -284,8 +295,8 @@ static void test_weight_grad_to_sink_gives_the_stored_bits(void **state) {
             problem p = make_problem(s, 1600 + (uint64_t)i);
             float *x = tu_to_float(p.x, s.n * s.in), *dy = tu_to_float(p.gy, s.n * s.out);
             float *dw = float_filled(s.out * s.in, NAN);
-            collector c = {.got = float_filled(s.out * s.in, NAN), .visits = calloc((size_t)(s.out * s.in), sizeof(int))};
-            pthread_mutex_init(&c.lock, NULL);
+            collector c;
+            collector_init(&c, s.out * s.in);
             graft_grad_sink sink = {collect_begin, collect_piece, &c};
             bool took = graft_linear_weight_grad_to_sink(&ctx, s.n, s.in, s.out, x, dy, &sink);
             bool expected = graft_linear_avx512_available() && s.out >= 64 && s.n <= 128;
@@ -302,8 +313,8 @@ static void test_weight_grad_to_sink_gives_the_stored_bits(void **state) {
                 assert_int_equal(c.begins, 0);
                 for (int64_t k = 0; k < s.out * s.in; k++) assert_int_equal(c.visits[k], 0);
             }
-            pthread_mutex_destroy(&c.lock);
-            free(c.got), free(c.visits), free(x), free(dy), free(dw);
+            collector_release(&c);
+            free(x), free(dy), free(dw);
             free_problem(&p);
         }
     }
@@ -380,8 +391,8 @@ static void test_weight_grad_from_nonzeros_gives_the_dense_bits(void **state) {
                 assert_int_equal(took, 2 * nonzero <= s.n * s.out);
                 assert_memory_equal(sparse, dense, (size_t)(s.out * s.in) * sizeof(float));
 
-                collector c = {.got = float_filled(s.out * s.in, NAN), .visits = calloc((size_t)(s.out * s.in), sizeof(int))};
-                pthread_mutex_init(&c.lock, NULL);
+                collector c;
+                collector_init(&c, s.out * s.in);
                 graft_grad_sink sink = {collect_begin, collect_piece, &c};
                 uint64_t before = graft_linear_sparse_dy_count();
                 assert_true(graft_linear_weight_grad_to_sink(&ctx, s.n, s.in, s.out, x, dy, &sink));
@@ -392,8 +403,7 @@ static void test_weight_grad_from_nonzeros_gives_the_dense_bits(void **state) {
                 double err = nonzeros_ref_err(&p, dy, sparse, false);
                 report("dw from nonzeros", i, err);
                 assert_true(err <= FAST_TOL);
-                pthread_mutex_destroy(&c.lock);
-                free(c.got), free(c.visits);
+                collector_release(&c);
                 free(x), free(dy), free(dense), free(sparse);
                 free_problem(&p);
             }
