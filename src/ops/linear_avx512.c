@@ -190,7 +190,8 @@ typedef struct dx_job {
     int64_t n, in, out, iw, blocks, slabs; /* blocks of iw inputs */
     const float *dy, *w;
     float *dx;
-    float *scratch; /* DX_PC x DX_IW packed weights per slab */
+    float *scratch; /* per slab (slab_floats): DX_PC x iw packed weights, acc, dyc (dx_slab) */
+    int64_t slab_floats;
     /* NULL, or dy's nonzeros: bit j of mask [m * chunks + c] set where dy [m, c * DX_PC + j]
        is not zero (DX_PC = 64 rows of w per chunk) */
     const uint64_t *mask;
@@ -351,11 +352,16 @@ AVX512 static bool dx_pack_checked(const float *w, int64_t ldw, int64_t pc, int6
     return finite_seen(seen);
 }
 
-/* Slab s: the inputs in blocks [blocks * s / slabs, blocks * (s + 1) / slabs) of iw. */
+/* Slab s: the inputs in blocks [blocks * s / slabs, blocks * (s + 1) / slabs) of iw.
+ * The partial sums of a block live in the slab's acc [subs][n][DX_IB] and each chunk's
+ * part of dy is copied to dyc [n][DX_PC]: rows of dx and dy in place are `in` and `out`
+ * floats apart, 16 KiB in the recipe's layer, and the 64 samples' pieces would share
+ * four L1 sets. */
 static void dx_slab(void *arg, int64_t begin, int64_t end) {
     const dx_job *jb = arg;
+    int64_t n = jb->n;
     for (int64_t s = begin; s < end; s++) {
-        float *wp = jb->scratch + s * DX_PC * jb->iw;
+        float *wp = jb->scratch + s * jb->slab_floats, *acc = wp + DX_PC * jb->iw, *dyc = acc + n * jb->iw;
         for (int64_t b = jb->blocks * s / jb->slabs; b < jb->blocks * (s + 1) / jb->slabs; b++) {
             int64_t i0 = b * jb->iw, width = jb->in - i0 < jb->iw ? jb->in - i0 : jb->iw;
             int64_t subs = (width + DX_IB - 1) / DX_IB;
@@ -375,26 +381,32 @@ static void dx_slab(void *arg, int64_t begin, int64_t end) {
                         }
                     }
                 }
+                for (int64_t m = 0; m < n; m++) memcpy(dyc + m * DX_PC, jb->dy + m * jb->out + p0, (size_t)pc * sizeof(float));
                 for (int64_t sb = 0; sb < subs; sb++) {
                     int64_t cols = width - sb * DX_IB < DX_IB ? width - sb * DX_IB : DX_IB;
+                    float *as = acc + sb * n * DX_IB;
                     if (jb->mask && finite) {
                         const uint64_t *mk = jb->mask + p0 / DX_PC;
-                        for (int64_t m = 0; m < jb->n; m += 2) {
-                            bool two = m + 1 < jb->n;
-                            float *dxm = jb->dx + m * jb->in + i0 + sb * DX_IB;
-                            dxs_pair(mk[m * jb->chunks], two ? mk[(m + 1) * jb->chunks] : 0, p0 == 0,
-                                     jb->dy + m * jb->out + p0, two ? jb->dy + (m + 1) * jb->out + p0 : NULL,
-                                     wp + sb * DX_PC * DX_IB, dxm, two ? dxm + jb->in : NULL, cols);
+                        for (int64_t m = 0; m < n; m += 2) {
+                            bool two = m + 1 < n;
+                            dxs_pair(mk[m * jb->chunks], two ? mk[(m + 1) * jb->chunks] : 0, p0 == 0, dyc + m * DX_PC,
+                                     two ? dyc + (m + 1) * DX_PC : NULL, wp + sb * DX_PC * DX_IB, as + m * DX_IB,
+                                     two ? as + (m + 1) * DX_IB : NULL, cols);
                         }
                         continue;
                     }
-                    for (int64_t m0 = 0; m0 < jb->n; m0 += DX_MR) {
-                        int mr = jb->n - m0 < DX_MR ? (int)(jb->n - m0) : DX_MR;
-                        dx_tile_any(mr, cols, p0 == 0, pc, jb->dy + m0 * jb->out + p0, jb->out,
-                                    wp + sb * DX_PC * DX_IB, jb->dx + m0 * jb->in + i0 + sb * DX_IB, jb->in);
+                    for (int64_t m0 = 0; m0 < n; m0 += DX_MR) {
+                        int mr = n - m0 < DX_MR ? (int)(n - m0) : DX_MR;
+                        dx_tile_any(mr, cols, p0 == 0, pc, dyc + m0 * DX_PC, DX_PC, wp + sb * DX_PC * DX_IB,
+                                    as + m0 * DX_IB, DX_IB);
                     }
                 }
             }
+            for (int64_t m = 0; m < n; m++)
+                for (int64_t sb = 0; sb < subs; sb++) {
+                    int64_t cols = width - sb * DX_IB < DX_IB ? width - sb * DX_IB : DX_IB;
+                    memcpy(jb->dx + m * jb->in + i0 + sb * DX_IB, acc + (sb * n + m) * DX_IB, (size_t)cols * sizeof(float));
+                }
         }
     }
 }
@@ -634,12 +646,13 @@ bool graft_linear_input_grad_avx512(graft_ctx *ctx, int64_t n, int64_t in, int64
     if (iw > DX_IW) iw = DX_IW;
     int64_t blocks = (in + iw - 1) / iw, slabs = slab_count(blocks);
     int64_t chunks = (out + DX_PC - 1) / DX_PC, mask_floats = sparse_dy_enabled ? 2 * n * chunks : 0;
-    float *scratch = graft_ctx_workspace(ctx, (size_t)(slabs * DX_PC * iw + mask_floats)); /* cache-line aligned */
+    int64_t slab_floats = (DX_PC * iw + n * iw + n * DX_PC + 15) / 16 * 16; /* whole cache lines */
+    float *scratch = graft_ctx_workspace(ctx, (size_t)(slabs * slab_floats + mask_floats)); /* cache-line aligned */
     if (!scratch) return false;
     dx_job jb = {.n = n, .in = in, .out = out, .iw = iw, .blocks = blocks, .slabs = slabs, .dy = dy, .w = w,
-                 .dx = dx, .scratch = scratch, .chunks = chunks};
+                 .dx = dx, .scratch = scratch, .slab_floats = slab_floats, .chunks = chunks};
     if (mask_floats) {
-        uint64_t *mask = (uint64_t *)(scratch + slabs * DX_PC * iw); /* 8-byte aligned: slabs * DX_PC * iw is even */
+        uint64_t *mask = (uint64_t *)(scratch + slabs * slab_floats); /* 8-byte aligned: slab_floats is even */
         if (dy_masks(n, out, dy, mask) <= (int64_t)(DX_SPARSE_MAX_DENSITY * (double)(n * out))) {
             jb.mask = mask;
             __atomic_fetch_add(&sparse_dy_taken, 1, __ATOMIC_RELAXED);
