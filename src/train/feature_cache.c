@@ -97,6 +97,16 @@ void graft_feature_cache_free(graft_feature_cache *c) {
     memset(c, 0, sizeof *c);
 }
 
+static void release_outputs(graft_module *m) {
+    graft_tensor_release(&m->out);
+    graft_tensor_release(&m->dx);
+    for (int i = 0; i < m->nchildren; i++) release_outputs(m->children[i]);
+}
+
+void graft_feature_cache_release_trunk(graft_feature_cache *c) {
+    for (int i = 0; i < c->trunk_end && c->steps; i++) release_outputs(c->steps[i]);
+}
+
 graft_status graft_feature_cache_fill(graft_feature_cache *c, graft_feature_set *set, graft_model *m,
                                       graft_loader *loader, const char *what, graft_cache_progress_fn progress,
                                       void *user) {

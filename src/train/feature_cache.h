@@ -63,6 +63,9 @@ graft_status graft_feature_cache_fill(graft_feature_cache *c, graft_feature_set 
 graft_status graft_feature_cache_reserve(graft_feature_cache *c, int64_t train_rows, int64_t test_rows,
                                          const char *dir);
 void graft_feature_cache_free(graft_feature_cache *c);
+/* Frees the outputs the trunk's steps hold from the last batch they ran: once the sets
+ * are filled the trunk does not run again (a later forward through it allocates anew). */
+void graft_feature_cache_release_trunk(graft_feature_cache *c);
 
 /* The per-sample shape of steps [0, trunk_end)'s output for one input of shape chw,
  * found by running the trunk on one zero image. */
