@@ -551,6 +551,49 @@ static void test_avx512_results_do_not_depend_on_threads(void **state) {
     check_threads(GRAFT_CONV2D_WINOGRAD, winograd_geoms, COUNT(winograd_geoms), 2070);
 }
 
+/* The AVX-512 kernels give an image the same outputs whatever the batch around it (the
+ * feature cache runs its trunk on larger batches than training does): each image of a
+ * batch against the same image run alone, bit for bit. */
+static void check_batch(graft_conv2d_kernel kernel, const graft_conv2d_geom *geoms, int count, uint64_t seed) {
+    graft_ctx ctx;
+    graft_ctx_init(&ctx, 1);
+    graft_conv2d_set_kernel(kernel);
+    for (int i = 0; i < count; i++) {
+        problem p = make_problem(geoms[i], seed + (uint64_t)i);
+        if (p.g.n < 2) {
+            free_problem(&p);
+            continue;
+        }
+        float *y = fast_forward(&ctx, &p, 1);
+        graft_conv2d_geom one = p.g;
+        one.n = 1;
+        assert_int_equal(graft_conv2d_geom_init(&one), GRAFT_OK);
+        int64_t in_image = p.nx / p.g.n, out_image = p.ny / p.g.n;
+        for (int64_t k = 0; k < p.g.n; k++) {
+            problem q = p; /* image k alone: views of p's arrays */
+            q.g = one;
+            q.nx = in_image;
+            q.ny = out_image;
+            q.x = p.x + k * in_image;
+            float *yk = fast_forward(&ctx, &q, 1);
+            assert_memory_equal(yk, y + k * out_image, (size_t)out_image * sizeof(float));
+            free(yk);
+        }
+        free(y);
+        free_problem(&p);
+    }
+    graft_conv2d_set_kernel(GRAFT_CONV2D_AUTO);
+    graft_ctx_release(&ctx);
+}
+
+static void test_avx512_results_do_not_depend_on_the_batch(void **state) {
+    (void)state;
+    if (!graft_conv2d_avx512_available()) skip();
+    check_batch(GRAFT_CONV2D_AVX512, kernel_geoms, COUNT(kernel_geoms), 2100);
+    check_batch(GRAFT_CONV2D_WINOGRAD, kernel_geoms, COUNT(kernel_geoms), 2150);
+    check_batch(GRAFT_CONV2D_WINOGRAD, winograd_geoms, COUNT(winograd_geoms), 2170);
+}
+
 /* The fused ReLU (g.relu) gives exactly the plain forward followed by graft_relu_forward,
  * with either kernel: NaN passes, negative values and -0 become +0. */
 static void check_fused_relu(graft_conv2d_kernel kernel, uint64_t seed) {
@@ -845,6 +888,7 @@ int main(void) {
         cmocka_unit_test_teardown(test_winograd_kernel_matches_reference, reset_kernel),
         cmocka_unit_test_teardown(test_forward_kernel_follows_cpu_and_setting, reset_kernel),
         cmocka_unit_test_teardown(test_avx512_results_do_not_depend_on_threads, reset_kernel),
+        cmocka_unit_test_teardown(test_avx512_results_do_not_depend_on_the_batch, reset_kernel),
         cmocka_unit_test_teardown(test_fused_relu_matches_relu_after, reset_kernel),
         cmocka_unit_test(test_fast_backward_accumulates_dw_and_db),
         cmocka_unit_test(test_fast_backward_overwrites_dx),
