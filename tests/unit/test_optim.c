@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/cpu.h"
 #include "core/tensor.h"
 #include "core/threads.h"
 #include "fixtures.h"
@@ -604,6 +605,41 @@ static void test_large_parameter_update_is_split_across_threads_identically(void
     graft_tensor_free(og);
 }
 
+/* PyTorch's param.add_(grad, alpha=-lr) is one fused multiply-add, rounded once.  With
+ * p = 1 + 2^-23, grad = -2^-12 (1 + 2^-15) and lr = 2^-12 (1 - 2^-15) the exact result is
+ * p + 2^-24 - 2^-54, just below the tie between p and 1 + 2^-22: rounded once it stays p
+ * (PyTorch 1.13 gives p, for 1 element and for 1000), while a double sum rounded to
+ * float lands on the tie and goes to the even 1 + 2^-22.  The loops that use the
+ * hardware's FMA (AVX-512 CPUs) must give p, in the vector body and in the tail. */
+static void test_sgd_rounds_its_fused_multiply_add_once(void **state) {
+    (void)state;
+#if GRAFT_HAVE_AVX512_BUILD
+    if (!graft_cpu_avx512f()) skip();
+#else
+    skip();
+#endif
+    int64_t shape[1] = {1000};
+    graft_tensor *v, *g;
+    assert_int_equal(graft_tensor_create(GRAFT_F32, 1, shape, &v), GRAFT_OK);
+    assert_int_equal(graft_tensor_create(GRAFT_F32, 1, shape, &g), GRAFT_OK);
+    const float p0 = 1.0f + 0x1p-23f;
+    for (int64_t i = 0; i < shape[0]; i++) {
+        graft_tensor_f32(v)[i] = p0;
+        graft_tensor_f32(g)[i] = -0x1p-12f * (1.0f + 0x1p-15f);
+    }
+    graft_optim_param d[1] = {{"p", v, g, NULL, 0, 1.0}};
+    graft_optim_options o = graft_optim_defaults(GRAFT_OPTIM_SGD);
+    o.lr[0] = 0x1p-12 * (1.0 - 0x1p-15);
+    graft_optim *opt;
+    assert_int_equal(graft_optim_create(&o, 1, d, &opt), GRAFT_OK);
+    assert_int_equal(graft_optim_step(opt), GRAFT_OK);
+    for (int64_t i = 0; i < shape[0]; i++)
+        if (graft_tensor_f32(v)[i] != p0) fail_msg("element %lld: %a, not %a", (long long)i, (double)graft_tensor_f32(v)[i], (double)p0);
+    graft_optim_free(opt);
+    graft_tensor_free(v);
+    graft_tensor_free(g);
+}
+
 static void test_set_lr_rejects_unknown_group_and_negative_rate(void **state) {
     (void)state;
     graft_optim_options o = opts(GRAFT_OPTIM_SGD, 0.1, 0.5);
@@ -887,6 +923,7 @@ int main(void) {
         cmocka_unit_test(test_gradient_size_mismatch_is_shape_error_and_changes_nothing),
         cmocka_unit_test(test_step_allocates_no_tensor_memory),
         cmocka_unit_test(test_large_parameter_update_is_split_across_threads_identically),
+        cmocka_unit_test(test_sgd_rounds_its_fused_multiply_add_once),
         cmocka_unit_test(test_set_lr_rejects_unknown_group_and_negative_rate),
         cmocka_unit_test(test_apply_schedule_scales_each_group_from_its_base_rate),
         cmocka_unit_test(test_model_optimizer_holds_trainable_parameters_in_head_and_trunk_groups),
