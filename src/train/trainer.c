@@ -82,7 +82,7 @@ typedef struct trainer {
     graft_feature_cache cache;
     graft_tensor cbatch, clabels;      /* batches assembled from cached rows */
     int64_t *order;                    /* an epoch's sample order */
-    char cache_note[160];              /* why the cache is off, or what it holds */
+    char cache_note[320];              /* why the cache is off, or what it holds */
 } trainer;
 
 static void say(trainer *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
