@@ -543,12 +543,19 @@ static void check_threads(graft_conv2d_kernel kernel, const graft_conv2d_geom *g
     graft_ctx_release(&ctx);
 }
 
+/* A check over both AVX-512 kernels and both lists of geometries, seeds from seed. */
+typedef void (*kernel_check)(graft_conv2d_kernel kernel, const graft_conv2d_geom *geoms, int count, uint64_t seed);
+
+static void check_avx512_kernels(kernel_check check, uint64_t seed) {
+    if (!graft_conv2d_avx512_available()) skip();
+    check(GRAFT_CONV2D_AVX512, kernel_geoms, COUNT(kernel_geoms), seed);
+    check(GRAFT_CONV2D_WINOGRAD, kernel_geoms, COUNT(kernel_geoms), seed + 50);
+    check(GRAFT_CONV2D_WINOGRAD, winograd_geoms, COUNT(winograd_geoms), seed + 70);
+}
+
 static void test_avx512_results_do_not_depend_on_threads(void **state) {
     (void)state;
-    if (!graft_conv2d_avx512_available()) skip();
-    check_threads(GRAFT_CONV2D_AVX512, kernel_geoms, COUNT(kernel_geoms), 2000);
-    check_threads(GRAFT_CONV2D_WINOGRAD, kernel_geoms, COUNT(kernel_geoms), 2050);
-    check_threads(GRAFT_CONV2D_WINOGRAD, winograd_geoms, COUNT(winograd_geoms), 2070);
+    check_avx512_kernels(check_threads, 2000);
 }
 
 /* The AVX-512 kernels give an image the same outputs whatever the batch around it (the
@@ -588,10 +595,7 @@ static void check_batch(graft_conv2d_kernel kernel, const graft_conv2d_geom *geo
 
 static void test_avx512_results_do_not_depend_on_the_batch(void **state) {
     (void)state;
-    if (!graft_conv2d_avx512_available()) skip();
-    check_batch(GRAFT_CONV2D_AVX512, kernel_geoms, COUNT(kernel_geoms), 2100);
-    check_batch(GRAFT_CONV2D_WINOGRAD, kernel_geoms, COUNT(kernel_geoms), 2150);
-    check_batch(GRAFT_CONV2D_WINOGRAD, winograd_geoms, COUNT(winograd_geoms), 2170);
+    check_avx512_kernels(check_batch, 2100);
 }
 
 /* The fused ReLU (g.relu) gives exactly the plain forward followed by graft_relu_forward,
