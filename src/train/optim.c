@@ -320,6 +320,13 @@ int64_t graft_optim_param_steps(const graft_optim *opt, size_t i) { return i < o
 
 /* ---- updates ------------------------------------------------------------------------ */
 
+/* Where sgd_momentum_subnormal (below) may compute subnormal momentum in integers. */
+typedef struct subnormal_momentum {
+    int64_t shift;   /* 150 - momentum's biased exponent, at most 49 */
+    uint32_t sig;    /* momentum's significand with its leading bit */
+    uint32_t c_sign; /* sign bit of 1 - dampening */
+} subnormal_momentum;
+
 /* The scalars of one update, already rounded the way PyTorch rounds them. */
 typedef struct update {
     float *p;
@@ -333,6 +340,9 @@ typedef struct update {
     float beta1, one_minus_beta1, beta2, one_minus_beta2;
     float param_scale; /* AdamW: 1 - lr * weight_decay */
     float bc2_sqrt, eps, neg_step_size;
+    /* SGD: whether subnormal momentum may take the integers, and their constants */
+    bool subnormal_ints;
+    subnormal_momentum sm;
 } update;
 
 /* _single_tensor_sgd on elements [begin, end) of one parameter.  The flags are
@@ -451,26 +461,6 @@ static void adam_range_base(void *arg, int64_t b, int64_t e) { adam_select(arg, 
  * subnormal lanes zeroed first; a vector whose subnormal lanes miss any condition takes
  * the plain loop (the assists).  tests/unit/test_optim.c compares the bits with the plain
  * loop. */
-typedef struct subnormal_momentum {
-    int64_t shift;   /* 150 - momentum's biased exponent, at most 49 */
-    uint32_t sig;    /* momentum's significand with its leading bit */
-    uint32_t c_sign; /* sign bit of 1 - dampening */
-} subnormal_momentum;
-
-static bool subnormal_momentum_applies(const update *u, subnormal_momentum *sm) {
-    uint32_t mb, cb;
-    memcpy(&mb, &u->momentum, sizeof mb);
-    memcpy(&cb, &u->one_minus_dampening, sizeof cb);
-    uint32_t e = (mb >> 23) & 0xff;
-    if (!u->use_momentum || u->first || u->nesterov || u->decay || e == 0 || e >= 127 || (mb >> 31) ||
-        !isfinite(u->one_minus_dampening) || !(fabsf(u->neg_lr) < 0x1p40f))
-        return false;
-    sm->shift = 150 - (int64_t)e > 49 ? 49 : 150 - (int64_t)e;
-    sm->sig = (mb & 0x7fffffu) | 0x800000u;
-    sm->c_sign = cb & 0x80000000u;
-    return true;
-}
-
 /* round(k * sig / 2^shift), ties to even, for the 64-bit lanes of prod = k * sig. */
 AVX512_FN static inline __m512i round_shifted(__m512i prod, const subnormal_momentum *sm) {
     __m128i count = _mm_cvtsi64_si128(sm->shift);
@@ -481,8 +471,8 @@ AVX512_FN static inline __m512i round_shifted(__m512i prod, const subnormal_mome
     return _mm512_mask_add_epi64(q, half & (below | odd), q, _mm512_set1_epi64(1));
 }
 
-AVX512_FN static void sgd_momentum_subnormal(const update *u, const subnormal_momentum *sm, int64_t begin,
-                                             int64_t end) {
+AVX512_FN static void sgd_momentum_subnormal(const update *u, int64_t begin, int64_t end) {
+    const subnormal_momentum *sm = &u->sm;
     float *restrict p = u->p, *restrict buf = u->buf;
     const float *restrict g = u->g;
     const __m512 mom = _mm512_set1_ps(u->momentum), c = _mm512_set1_ps(u->one_minus_dampening),
@@ -524,9 +514,9 @@ AVX512_FN static void sgd_momentum_subnormal(const update *u, const subnormal_mo
 }
 
 AVX512_FN static void sgd_range_fma(void *arg, int64_t b, int64_t e) {
-    subnormal_momentum sm;
-    if (subnormal_momentum_applies(arg, &sm)) sgd_momentum_subnormal(arg, &sm, b, e);
-    else sgd_select(arg, b, e, true);
+    const update *u = arg;
+    if (u->subnormal_ints) sgd_momentum_subnormal(u, b, e);
+    else sgd_select(u, b, e, true);
 }
 __attribute__((target("avx512f"))) static void adam_range_fma(void *arg, int64_t b, int64_t e) {
     adam_select(arg, b, e, true);
@@ -547,6 +537,20 @@ static void (*update_range(const graft_optim *opt))(void *, int64_t, int64_t) {
     return opt->o.kind == GRAFT_OPTIM_SGD ? sgd_range_base : adam_range_base;
 }
 
+static bool subnormal_momentum_applies(const update *u, subnormal_momentum *sm) {
+    uint32_t mb, cb;
+    memcpy(&mb, &u->momentum, sizeof mb);
+    memcpy(&cb, &u->one_minus_dampening, sizeof cb);
+    uint32_t e = (mb >> 23) & 0xff;
+    if (!u->use_momentum || u->first || u->nesterov || u->decay || e == 0 || e >= 127 || (mb >> 31) ||
+        !isfinite(u->one_minus_dampening) || !(fabsf(u->neg_lr) < 0x1p40f))
+        return false;
+    sm->shift = 150 - (int64_t)e > 49 ? 49 : 150 - (int64_t)e;
+    sm->sig = (mb & 0x7fffffu) | 0x800000u;
+    sm->c_sign = cb & 0x80000000u;
+    return true;
+}
+
 /* The scalars of slot sl's update at this step (counting the step), with g as its
  * gradient. */
 static void prepare_update(graft_optim *opt, optim_slot *sl, const float *g, update *u) {
@@ -562,6 +566,7 @@ static void prepare_update(graft_optim *opt, optim_slot *sl, const float *g, upd
         u->momentum = (float)o->momentum;
         u->one_minus_dampening = (float)(1 - o->dampening);
         u->neg_lr = (float)-lr;
+        u->subnormal_ints = subnormal_momentum_applies(u, &u->sm);
         sl->steps++;
     } else {
         sl->steps++; /* step_t += 1 comes first */

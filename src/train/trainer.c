@@ -197,6 +197,17 @@ static graft_status build_data(trainer *t) {
     return GRAFT_OK;
 }
 
+
+/* Loader options from the run's configuration: unshuffled; the test split's with the
+ * seed after the training one's. */
+static graft_loader_options loader_options(const trainer *t, int64_t batch, bool test) {
+    graft_loader_options lo = graft_loader_defaults();
+    lo.batch_size = batch;
+    lo.workers = t->c.workers;
+    lo.strict = t->c.strict != 0;
+    lo.seed = t->c.seed + (test ? 1 : 0);
+    return lo;
+}
 static graft_status build_loaders(trainer *t) {
     const graft_train_config *c = &t->c;
     graft_status s;
@@ -211,17 +222,12 @@ static graft_status build_loaders(trainer *t) {
         if ((s = graft_transforms_parse(t->train_spec, &t->train_tf))) return graft_error_prefix(s, "--transform");
         if ((s = graft_transforms_parse(t->eval_spec, &t->eval_tf))) return graft_error_prefix(s, "--eval-transform");
     }
-    graft_loader_options lo = graft_loader_defaults();
-    lo.batch_size = c->batch_size;
+    graft_loader_options lo = loader_options(t, c->batch_size, false);
     lo.shuffle = c->shuffle != 0;
-    lo.seed = c->seed;
-    lo.workers = c->workers;
-    lo.strict = c->strict != 0;
     if ((s = graft_loader_create(t->data->train, t->train_tf, &lo, &t->train_loader))) return s;
     graft_loader_sample_shape(t->train_loader, t->chw);
     if (t->data->test && graft_source_len(t->data->test) > 0) {
-        lo.shuffle = false;
-        lo.seed = c->seed + 1;
+        lo = loader_options(t, c->batch_size, true);
         if ((s = graft_loader_create(t->data->test, t->eval_tf, &lo, &t->test_loader))) return s;
         int chw[3];
         graft_loader_sample_shape(t->test_loader, chw);
@@ -340,11 +346,7 @@ static graft_status setup_cache(trainer *t) {
     if (!s) t->order = malloc((size_t)(n_train ? n_train : 1) * sizeof *t->order);
     if (!s && !t->order) s = graft_error(GRAFT_ERR_NOMEM, "out of memory");
     /* the training rows: through the training transform, flip off and on */
-    graft_loader_options lo = graft_loader_defaults();
-    lo.batch_size = cache_batch(t);
-    lo.workers = t->c.workers;
-    lo.strict = t->c.strict != 0;
-    lo.seed = t->c.seed;
+    graft_loader_options lo = loader_options(t, cache_batch(t), false);
     for (int pass = 0; !s && pass < (c->flip ? 2 : 1); pass++) {
         graft_transforms *tf = NULL;
         graft_loader *l = NULL;
@@ -357,8 +359,7 @@ static graft_status setup_cache(trainer *t) {
     }
     if (!s && t->test_loader) { /* the test loader's options, in batches of the cache's size */
         graft_loader *l = NULL;
-        lo.shuffle = false;
-        lo.seed = t->c.seed + 1;
+        lo = loader_options(t, lo.batch_size, true);
         s = graft_loader_create(t->data->test, t->eval_tf, &lo, &l);
         if (!s) s = graft_feature_cache_fill(c, &c->test, t->model, l, "cache test", cache_progress, t);
         graft_loader_free(l);
