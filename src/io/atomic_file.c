@@ -2,6 +2,7 @@
 #include "io/atomic_file.h"
 
 #include <errno.h>
+#include <stdbool.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -152,6 +153,45 @@ void graft_atomic_abort(graft_atomic_file *af) {
     free(af->path);
     free(af->tmp_path);
     af->path = af->tmp_path = NULL;
+}
+
+/* link's errors for a file system (or file) that takes no more names. */
+static bool no_links(int e) {
+#if ENOTSUP != EOPNOTSUPP
+    if (e == ENOTSUP) return true;
+#endif
+    return e == EOPNOTSUPP || e == EPERM || e == EMLINK || e == EXDEV || e == ENOSYS;
+}
+
+graft_status graft_atomic_link(const char *existing, const char *path) {
+    if (!path || !*path) return graft_error(GRAFT_ERR_INVALID, "atomic link: empty file name");
+    size_t len = strlen(path);
+    char *tmp = malloc(len + sizeof TMP_SUFFIX);
+    if (!tmp) return graft_error(GRAFT_ERR_NOMEM, "%s: out of memory", path);
+    /* A fresh name from mkstemp, freed again for link (which will not replace a name);
+     * another process taking it in between is retried with a new one. */
+    int e = EEXIST;
+    for (int tries = 0; tries < 16 && e == EEXIST; tries++) {
+        memcpy(tmp, path, len);
+        memcpy(tmp + len, TMP_SUFFIX, sizeof TMP_SUFFIX);
+        int fd = mkstemp(tmp);
+        if (fd < 0) {
+            e = errno;
+            break;
+        }
+        close(fd);
+        unlink(tmp);
+        e = link(existing, tmp) == 0 ? 0 : errno;
+    }
+    if (!e && rename(tmp, path) != 0) {
+        e = errno;
+        unlink(tmp);
+    }
+    free(tmp);
+    if (no_links(e))
+        return graft_error(GRAFT_ERR_UNSUPPORTED, "%s: cannot link to %s: %s", path, existing, strerror(e));
+    if (e) return graft_error(GRAFT_ERR_IO, "%s: %s", path, strerror(e));
+    return fsync_dir(path);
 }
 
 graft_status graft_atomic_write_file(const char *path, const void *data, size_t bytes) {

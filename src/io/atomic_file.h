@@ -43,5 +43,10 @@ graft_status graft_atomic_commit(graft_atomic_file *af);
 void graft_atomic_abort(graft_atomic_file *af);
 /* The whole file at once: open, write bytes, commit (or abort on failure). */
 graft_status graft_atomic_write_file(const char *path, const void *data, size_t bytes);
+/* path becomes another name of the file `existing` (a hard link, made under a temporary
+ * name beside path, renamed over it, the directory fsynced): the same bytes without
+ * writing them again.  GRAFT_ERR_UNSUPPORTED where the file system has no hard links
+ * (or no more for this file): the caller writes a copy instead; path is then untouched. */
+graft_status graft_atomic_link(const char *existing, const char *path);
 
 #endif

@@ -4,7 +4,8 @@
  * A run folder holds
  *   metrics.jsonl            one JSON object per epoch
  *   last.safetensors         the model after the last completed save (a checkpoint)
- *   best.safetensors         the model with the best test top-1 so far
+ *   best.safetensors         the model with the best test top-1 so far: a hard link to
+ *                            that epoch's last.safetensors (a copy where links fail)
  *   last.state.safetensors   what resuming needs besides the weights: optimiser state,
  *                            the dropout generator, the position (epoch, step), partial
  *                            epoch sums and the configuration
@@ -469,7 +470,7 @@ static graft_status restore_state(trainer *t, const graft_tensor_map *state) {
 
 /* ---- saving -------------------------------------------------------------------- */
 
-static graft_status save_checkpoint(trainer *t, const char *name, int64_t epoch, bool with_id) {
+static graft_status save_checkpoint(trainer *t, const char *name) {
     char path[4096];
     path_in(t, name, path, sizeof path);
     graft_checkpoint_meta meta = {
@@ -480,9 +481,9 @@ static graft_status save_checkpoint(trainer *t, const char *name, int64_t epoch,
         .input_shape = {t->chw[0], t->chw[1], t->chw[2]},
         .frozen = t->frozen,
         .nfrozen = t->nfrozen,
-        .epoch = epoch,
+        .epoch = t->epoch,
+        .save_id = t->save_id,
     };
-    meta.save_id = with_id ? t->save_id : 0;
     return graft_checkpoint_save(path, t->model, &meta);
 }
 
@@ -535,9 +536,20 @@ static graft_status save_last(trainer *t) {
     graft_status fs = graft_fold_reorigin(&t->fold, t->optim);
     if (fs) return fs;
     t->save_id++;
-    graft_status s = save_checkpoint(t, "last.safetensors", t->epoch, true);
+    graft_status s = save_checkpoint(t, "last.safetensors");
     if (!s) s = save_state(t);
     return s;
+}
+
+/* best.safetensors after save_last: the same bytes as last.safetensors, made another
+ * name of that file where the file system has hard links (VGG16's 537 MB are not
+ * written and stored twice), else written out. */
+static graft_status save_best(trainer *t) {
+    char last[4096], best[4096];
+    path_in(t, "last.safetensors", last, sizeof last);
+    path_in(t, "best.safetensors", best, sizeof best);
+    graft_status s = graft_atomic_link(last, best);
+    return s == GRAFT_ERR_UNSUPPORTED ? save_checkpoint(t, "best.safetensors") : s;
 }
 
 static graft_status write_jsonl(trainer *t) {
@@ -737,7 +749,7 @@ static graft_status run_epochs(trainer *t) {
         bool best = t->epoch == 1 || score > t->best_top1;
         if (best) t->best_top1 = score;
         if ((s = save_last(t))) return s;
-        if (best && (s = save_checkpoint(t, "best.safetensors", t->epoch, false))) return s;
+        if (best && (s = save_best(t))) return s;
         if (t->cb && t->cb->epoch) t->cb->epoch(t->cb->user, &r);
         if (t->epoch < t->c.epochs && should_stop(t)) return GRAFT_INTERRUPTED;
     }

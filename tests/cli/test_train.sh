@@ -30,6 +30,14 @@ grep -q '^model: .*frozen (features)' "$WORK/train.out" || fail "no start-up sum
 grep -q '^confusion matrix' "$WORK/train.out" || fail "no confusion matrix printed"
 [[ ! -s $WORK/train.err ]] || fail "--quiet still printed: $(cat "$WORK/train.err")"
 ls "$RUN" | grep -q '\.tmp\.' && fail "temporary files left in the run folder"
+# best.safetensors is the best epoch's last.safetensors (no test split: by training
+# accuracy), another name of that file: the same one when the last epoch was the best.
+acc() { sed -n "${1}p" "$RUN/metrics.jsonl" | grep -o '"train_accuracy":[0-9.e+-]*' | cut -d: -f2; }
+if awk -v a="$(acc 1)" -v b="$(acc 2)" 'BEGIN { exit !(b > a) }'; then
+    [[ $RUN/best.safetensors -ef $RUN/last.safetensors ]] || fail "best.safetensors is not last.safetensors of epoch 2"
+else
+    [[ $RUN/best.safetensors -ef $RUN/last.safetensors ]] && fail "best.safetensors is epoch 2's, not epoch 1's"
+fi
 head -1 "$RUN/per_class.csv" | grep -q '^class,name,samples,correct,accuracy$' || fail "per_class.csv header"
 
 # ---- the checkpoint describes itself: eval and predict need nothing else ----------

@@ -1104,6 +1104,44 @@ static void atomic_file_creates_a_new_file_readable_like_fopen_would(void **stat
     assert_int_equal(st.st_size, 0);
 }
 
+static void atomic_link_replaces_the_target_with_another_name_of_the_file(void **state) {
+    (void)state;
+    char a[PATH_BYTES], b[PATH_BYTES];
+    scratch_path(a, "linked-a.txt");
+    scratch_path(b, "linked-b.txt");
+    write_bytes(a, "first", 5);
+    assert_int_equal(graft_atomic_link(a, b), GRAFT_OK); /* a new name */
+    assert_int_equal(graft_atomic_write_file(a, "second", 6), GRAFT_OK); /* a new file a */
+    /* A reader of the old b keeps its bytes when b is replaced by a link to the new a. */
+    int fd = open(b, O_RDONLY);
+    assert_true(fd >= 0);
+    assert_int_equal(graft_atomic_link(a, b), GRAFT_OK);
+    char seen[8] = {0};
+    assert_int_equal(pread(fd, seen, sizeof seen, 0), 5);
+    assert_memory_equal(seen, "first", 5);
+    close(fd);
+    struct stat sa, sb;
+    assert_int_equal(stat(a, &sa), 0);
+    assert_int_equal(stat(b, &sb), 0);
+    assert_true(sa.st_ino == sb.st_ino && sa.st_dev == sb.st_dev);
+    size_t n;
+    unsigned char *got = read_bytes(b, &n);
+    assert_int_equal(n, 6);
+    assert_memory_equal(got, "second", 6);
+    free(got);
+    assert_int_equal(scratch_entries_containing(".tmp."), 0);
+
+    /* A missing source is an error naming the target; the target stays as it was. */
+    char missing[PATH_BYTES];
+    scratch_path(missing, "missing.txt");
+    assert_int_equal(graft_atomic_link(missing, b), GRAFT_ERR_IO);
+    assert_non_null(strstr(graft_errmsg(), "linked-b.txt"));
+    got = read_bytes(b, &n);
+    assert_int_equal(n, 6);
+    free(got);
+    assert_int_equal(scratch_entries_containing(".tmp."), 0);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(save_then_load_keeps_tensors_metadata_and_order),
@@ -1163,6 +1201,7 @@ int main(void) {
         cmocka_unit_test(atomic_file_leaves_the_target_alone_until_commit),
         cmocka_unit_test(atomic_file_abort_removes_the_temporary_file),
         cmocka_unit_test(atomic_file_creates_a_new_file_readable_like_fopen_would),
+        cmocka_unit_test(atomic_link_replaces_the_target_with_another_name_of_the_file),
     };
     return cmocka_run_group_tests(tests, make_scratch, remove_scratch);
 }
