@@ -6,11 +6,12 @@
  *
  * For each of the 13 layers (distinct shapes once) it times, interleaved so load from other
  * processes hits all alike: graft_conv2d_forward (or the input gradient, --backward) with
- * the AVX-512 implicit-GEMM kernel, the same with the im2col + BLAS kernel, and one
- * graft_sgemm of the layer's GEMM shape on a ready-made col (what any im2col design
- * costs at least).  GFLOP/s are 2 * oc * K * n * P / median seconds.  It also checks that
- * the two kernels agree.  The last line is "gflops_per_s N": the AVX-512 kernel over
- * all layers. */
+ * the kernel graft chooses, Winograd F(4x4, 3x3), Winograd F(2x2, 3x3), the AVX-512
+ * implicit-GEMM kernel and the im2col + BLAS kernel, and one graft_sgemm of the layer's GEMM shape on a ready-made col
+ * (what any im2col design costs at least).  GFLOP/s are 2 * oc * K * n * P / median
+ * seconds, whatever the kernel did.  It also prints how far each Winograd kernel's
+ * outputs are from the im2col kernel's.  The last line is "gflops_per_s N": the chosen
+ * kernels over all layers. */
 #define _POSIX_C_SOURCE 200809L
 #include <math.h>
 #include <stdio.h>
@@ -55,11 +56,14 @@ int main(int argc, char **argv) {
     graft_ctx_init(&ctx, 1);
     printf("VGG16 %s, %dx%d, batch %d, %d threads, median of %d\n", backward ? "input gradients" : "forward", size,
            size, batch, graft_num_threads(), iters);
-    printf("%-24s %14s %14s %14s %14s %10s\n", "layer", "winograd", "avx512", "im2col+BLAS", "bare SGEMM",
-           "max diff");
-    /* Winograd runs where the shape allows it (every 3x3 layer here), else the direct kernel. */
-    static const graft_conv2d_kernel kinds[3] = {GRAFT_CONV2D_WINOGRAD, GRAFT_CONV2D_AVX512, GRAFT_CONV2D_GEMM};
-    double total_flops = 0, total[4] = {0};
+    printf("%-24s %12s %12s %12s %12s %12s %12s %9s %9s\n", "layer", "chosen", "winograd4x4", "winograd2x2",
+           "avx512", "im2col+BLAS", "bare SGEMM", "diff 4x4", "diff 2x2");
+    /* "chosen" is the kernel graft_conv2d_forward picks by itself; Winograd runs where the
+     * shape allows it (every 3x3 layer here), else the direct kernel. */
+    enum { NK = 5 };
+    static const graft_conv2d_kernel kinds[NK] = {GRAFT_CONV2D_AUTO, GRAFT_CONV2D_WINOGRAD4, GRAFT_CONV2D_WINOGRAD,
+                                                  GRAFT_CONV2D_AVX512, GRAFT_CONV2D_GEMM};
+    double total_flops = 0, total[NK + 1] = {0};
     for (size_t l = 0; l < sizeof layers / sizeof layers[0]; l++) {
         graft_conv2d_geom g = {.n = batch, .c = layers[l][0], .h = size / layers[l][2], .w = size / layers[l][2],
                                .oc = layers[l][1], .kh = 3, .kw = 3, .sh = 1, .sw = 1, .ph = 1, .pw = 1};
@@ -69,12 +73,13 @@ int main(int argc, char **argv) {
         float *x = random_floats(nx, 1, 1.0f), *w = random_floats(nw, 2, 0.05f), *b = random_floats((size_t)g.oc, 3, 0.1f);
         float *dy = random_floats(ny, 4, 1.0f);
         size_t nout = backward ? nx : ny;
-        float *out[3] = {malloc(nout * sizeof(float)), malloc(nout * sizeof(float)), malloc(nout * sizeof(float))};
+        float *out[NK];
+        for (int q = 0; q < NK; q++)
+            if (!(out[q] = malloc(nout * sizeof(float)))) return 1;
         float *col = random_floats((size_t)(k * cols), 5, 1.0f), *prod = random_floats(ny, 6, 1.0f);
-        if (!out[0] || !out[1] || !out[2]) return 1;
-        double t[4][MAX_ITERS + 1];
+        double t[NK + 1][MAX_ITERS + 1];
         for (int it = 0; it <= iters; it++) { /* iteration 0 warms up */
-            for (int kernel = 0; kernel < 3; kernel++) {
+            for (int kernel = 0; kernel < NK; kernel++) {
                 graft_conv2d_set_kernel(kinds[kernel]);
                 double t0 = graft_now_seconds();
                 if (backward)
@@ -88,30 +93,35 @@ int main(int argc, char **argv) {
                 graft_sgemm(true, false, k, cols, g.oc, 1.0f, w, k, prod, cols, 0.0f, col, cols);
             else /* Y [oc, cols] = W . col */
                 graft_sgemm(false, false, g.oc, cols, k, 1.0f, w, k, col, cols, 0.0f, prod, cols);
-            t[3][it] = graft_now_seconds() - t0;
+            t[NK][it] = graft_now_seconds() - t0;
         }
         graft_conv2d_set_kernel(GRAFT_CONV2D_AUTO);
-        /* the largest difference of either fast kernel from the BLAS one, relative to its largest output */
-        double diff = 0, mag = 1e-30;
+        /* the largest difference of each Winograd kernel from the BLAS one, relative to its
+         * largest output (the direct kernel's is checked by the tests) */
+        double diff4 = 0, diff2 = 0, mag = 1e-30;
         for (size_t i = 0; i < nout; i++) {
-            diff = fmax(diff, fmax(fabs((double)out[0][i] - out[2][i]), fabs((double)out[1][i] - out[2][i])));
-            mag = fmax(mag, fabs((double)out[2][i]));
+            diff4 = fmax(diff4, fabs((double)out[1][i] - out[4][i]));
+            diff2 = fmax(diff2, fabs((double)out[2][i] - out[4][i]));
+            mag = fmax(mag, fabs((double)out[4][i]));
         }
-        double flops = 2.0 * (double)g.oc * (double)k * (double)cols, med[4];
-        for (int q = 0; q < 4; q++) {
+        double flops = 2.0 * (double)g.oc * (double)k * (double)cols, med[NK + 1];
+        for (int q = 0; q <= NK; q++) {
             med[q] = median(t[q] + 1, iters);
             total[q] += repeats[l] * med[q];
         }
         char name[64];
         snprintf(name, sizeof name, "%lld->%lld, %lldx%lld (x%d)", (long long)g.c, (long long)g.oc, (long long)g.h,
                  (long long)g.w, repeats[l]);
-        printf("%-24s %14.1f %14.1f %14.1f %14.1f %10.1e\n", name, flops / med[0] / 1e9, flops / med[1] / 1e9,
-               flops / med[2] / 1e9, flops / med[3] / 1e9, diff / mag);
+        printf("%-24s", name);
+        for (int q = 0; q <= NK; q++) printf(" %12.1f", flops / med[q] / 1e9);
+        printf(" %9.1e %9.1e\n", diff4 / mag, diff2 / mag);
         total_flops += repeats[l] * flops;
-        free(x), free(w), free(b), free(dy), free(out[0]), free(out[1]), free(out[2]), free(col), free(prod);
+        for (int q = 0; q < NK; q++) free(out[q]);
+        free(x), free(w), free(b), free(dy), free(col), free(prod);
     }
-    printf("%-24s %14.1f %14.1f %14.1f %14.1f\n", "all 13 layers", total_flops / total[0] / 1e9,
-           total_flops / total[1] / 1e9, total_flops / total[2] / 1e9, total_flops / total[3] / 1e9);
+    printf("%-24s", "all 13 layers");
+    for (int q = 0; q <= NK; q++) printf(" %12.1f", total_flops / total[q] / 1e9);
+    printf("\n");
     /* GFLOP/s count the direct convolution's multiply-adds, whatever the kernel did */
     printf("gflops_per_s %.1f\n", total_flops / total[0] / 1e9);
     graft_ctx_release(&ctx);

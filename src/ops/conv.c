@@ -41,11 +41,38 @@ void graft_conv2d_set_workspace_limit(size_t floats) {
 
 void graft_conv2d_set_kernel(graft_conv2d_kernel k) { forced_kernel = k; }
 
+/* Where F(4x4, 3x3) measured faster than F(2x2, 3x3) (VGG16's layers at 32x32 and
+ * 224x224, docs/performance.md): maps of at least 8 x 8 whose 4x4 tiles waste at most
+ * a tenth of their outputs past the edges (14 x 14 wastes 23% and lost), and at least
+ * 128 input or output channels (64 -> 64 lost: with short sums the transforms weigh
+ * more than the 2.25x fewer products save). */
+static bool winograd4_pays(const graft_conv2d_geom *g) {
+    int64_t tiled = 16 * ((g->oh + 3) / 4) * ((g->ow + 3) / 4);
+    return g->oh >= 8 && g->ow >= 8 && 10 * g->oh * g->ow >= 9 * tiled && (g->c >= 128 || g->oc >= 128);
+}
+
 graft_conv2d_kernel graft_conv2d_forward_kernel(const graft_conv2d_geom *g) {
     if (forced_kernel == GRAFT_CONV2D_GEMM || !graft_conv2d_avx512_available() || !graft_conv2d_avx512_fits(g))
         return GRAFT_CONV2D_GEMM;
+    if (graft_conv2d_winograd4_fits(g) &&
+        (forced_kernel == GRAFT_CONV2D_WINOGRAD4 || (forced_kernel == GRAFT_CONV2D_AUTO && winograd4_pays(g))))
+        return GRAFT_CONV2D_WINOGRAD4;
     if (forced_kernel != GRAFT_CONV2D_AVX512 && graft_conv2d_winograd_fits(g)) return GRAFT_CONV2D_WINOGRAD;
     return GRAFT_CONV2D_AVX512;
+}
+
+/* The AVX-512 kernels' scratch, and the forward with one (never GEMM). */
+static size_t avx512_workspace_floats(graft_conv2d_kernel k, const graft_conv2d_geom *g) {
+    return k == GRAFT_CONV2D_WINOGRAD4  ? graft_conv2d_winograd4_workspace_floats(g)
+           : k == GRAFT_CONV2D_WINOGRAD ? graft_conv2d_winograd_workspace_floats(g)
+                                        : graft_conv2d_avx512_workspace_floats(g);
+}
+
+static graft_status avx512_forward(graft_conv2d_kernel k, const graft_conv2d_geom *g, const float *x, const float *w,
+                                   const float *b, float *y, float *scratch) {
+    return k == GRAFT_CONV2D_WINOGRAD4  ? graft_conv2d_forward_winograd4(g, x, w, b, y, scratch)
+           : k == GRAFT_CONV2D_WINOGRAD ? graft_conv2d_forward_winograd(g, x, w, b, y, scratch)
+                                        : graft_conv2d_forward_avx512(g, x, w, b, y, scratch);
 }
 
 /* ---- geometry ------------------------------------------------------------- */
@@ -258,15 +285,10 @@ static graft_status check_blas_dims(const graft_conv2d_geom *g) {
 graft_status graft_conv2d_forward(graft_ctx *ctx, const graft_conv2d_geom *g, const float *x,
                                   const float *w, const float *b, float *y) {
     graft_conv2d_kernel kernel = graft_conv2d_forward_kernel(g);
-    if (kernel == GRAFT_CONV2D_WINOGRAD) {
-        float *scratch = graft_ctx_workspace(ctx, graft_conv2d_winograd_workspace_floats(g));
+    if (kernel != GRAFT_CONV2D_GEMM) {
+        float *scratch = graft_ctx_workspace(ctx, avx512_workspace_floats(kernel, g));
         if (!scratch) return GRAFT_ERR_NOMEM;
-        return graft_conv2d_forward_winograd(g, x, w, b, y, scratch);
-    }
-    if (kernel == GRAFT_CONV2D_AVX512) {
-        float *scratch = graft_ctx_workspace(ctx, graft_conv2d_avx512_workspace_floats(g));
-        if (!scratch) return GRAFT_ERR_NOMEM;
-        return graft_conv2d_forward_avx512(g, x, w, b, y, scratch);
+        return avx512_forward(kernel, g, x, w, b, y, scratch);
     }
     graft_status s = check_blas_dims(g);
     if (s != GRAFT_OK) return s;
@@ -351,16 +373,13 @@ static graft_status dx_by_forward(graft_ctx *ctx, const graft_conv2d_geom *g, co
                                   float *dx) {
     graft_conv2d_geom t;
     dx_as_forward(g, &t);
-    bool winograd = graft_conv2d_forward_kernel(&t) == GRAFT_CONV2D_WINOGRAD;
+    graft_conv2d_kernel kernel = graft_conv2d_forward_kernel(&t);
     size_t wt_floats = (size_t)(g->oc * g->c * g->kh * g->kw);
-    size_t kernel_floats =
-        winograd ? graft_conv2d_winograd_workspace_floats(&t) : graft_conv2d_avx512_workspace_floats(&t);
-    float *ws = graft_ctx_workspace(ctx, wt_floats + kernel_floats);
+    float *ws = graft_ctx_workspace(ctx, wt_floats + avx512_workspace_floats(kernel, &t));
     if (!ws) return GRAFT_ERR_NOMEM;
     flip_job j = {.g = g, .w = w, .wt = ws};
     graft_parallel_for(g->c, 1 + PAR_GRAIN_FLOATS / (g->oc * g->kh * g->kw), flip_range, &j);
-    if (winograd) return graft_conv2d_forward_winograd(&t, dy, ws, NULL, dx, ws + wt_floats);
-    return graft_conv2d_forward_avx512(&t, dy, ws, NULL, dx, ws + wt_floats);
+    return avx512_forward(kernel, &t, dy, ws, NULL, dx, ws + wt_floats);
 }
 
 /* x [n, c, h, w], w [oc, c, kh, kw], dy [n, oc, oh, ow] ->

@@ -1,6 +1,6 @@
 /* conv_avx512.c — Conv2d forward on AVX-512, run on graft's pool: an implicit GEMM for any
- * convolution, and Winograd F(2x2, 3x3) for 3x3, stride-1, padding-1 ones (the second half
- * of this file, which shares the first half's micro-kernel).
+ * convolution, and Winograd F(2x2, 3x3) and F(4x4, 3x3) for 3x3, stride-1, padding-1 ones
+ * (the second half of this file, which shares the first half's micro-kernel).
  *
  * The implicit GEMM:
  *
@@ -65,6 +65,7 @@
 #define HAVE_AVX512_BUILD 1
 #include <immintrin.h>
 #define AVX512 __attribute__((target("avx512f")))
+#define AVX512_INLINE __attribute__((target("avx512f"), always_inline)) static inline
 #else
 #define HAVE_AVX512_BUILD 0
 #endif
@@ -427,6 +428,7 @@ typedef struct wg_job {
     int64_t tiles;             /* n * th * tw */
     int64_t blocks;            /* ceil(tiles / NR) */
     int64_t row_parts, units;
+    bool f4;                   /* F(4x4, 3x3) (wg4_unit) instead of F(2x2, 3x3) */
 } wg_job;
 
 /* U rows [begin, end) of every e: U_e[o][ci] = (G g[o][ci] G^T)[e], 16 channels at a time
@@ -711,6 +713,8 @@ AVX512 static void wg_unit(const wg_job *j, float *scratch, int64_t m0, int64_t 
     }
 }
 
+AVX512 static void wg4_unit(const wg_job *j, float *scratch, int64_t m0, int64_t m1, int64_t blk);
+
 AVX512 static void wg_task(void *arg, int64_t begin, int64_t end) {
     const wg_job *j = arg;
     int64_t threads = graft_num_threads(), mtiles = j->ocp / MR;
@@ -721,33 +725,290 @@ AVX512 static void wg_task(void *arg, int64_t begin, int64_t end) {
             int64_t part = u / j->blocks, blk = u % j->blocks;
             int64_t m0 = mtiles * part / j->row_parts * MR, m1 = mtiles * (part + 1) / j->row_parts * MR;
             if (m1 > j->g->oc) m1 = j->g->oc;
-            if (m0 < m1) wg_unit(j, scratch, m0, m1, blk);
+            if (m0 < m1 && j->f4)
+                wg4_unit(j, scratch, m0, m1, blk);
+            else if (m0 < m1)
+                wg_unit(j, scratch, m0, m1, blk);
         }
     }
+}
+
+/* Lays out scratch for j (U, then each thread's part), transforms the weights with
+ * weights_range and runs the tiles on the pool. */
+static void wg_start(wg_job *j, float *scratch, int64_t elements, size_t thread_floats,
+                   void (*weights_range)(void *, int64_t, int64_t)) {
+    const graft_conv2d_geom *g = j->g;
+    int threads = graft_num_threads();
+    uintptr_t addr = (uintptr_t)scratch, align = CACHE_LINE_FLOATS * sizeof(float);
+    j->u = (float *)((addr + align - 1) / align * align);
+    addr = (uintptr_t)(j->u + (size_t)(elements * j->ocp * g->c));
+    j->scratch = (float *)((addr + align - 1) / align * align);
+    j->scratch_stride = thread_floats;
+    graft_parallel_for(j->ocp, 1 + 4096 / (9 * g->c), weights_range, j);
+    j->tiles = g->n * j->th * j->tw;
+    j->blocks = (j->tiles + NR - 1) / NR;
+    int64_t mtiles = j->ocp / MR;
+    /* As the direct kernel: few blocks of tiles (deep layers, small images) split the
+     * output channels too, so that every thread has a share. */
+    j->row_parts = j->blocks >= 8 * threads ? 1 : (mtiles < threads ? mtiles : threads);
+    j->units = j->row_parts * j->blocks;
+    graft_parallel_for(threads, 1, wg_task, j);
 }
 
 graft_status graft_conv2d_forward_winograd(const graft_conv2d_geom *g, const float *x, const float *w,
                                            const float *b, float *y, float *scratch) {
     if (!graft_conv2d_winograd_fits(g))
         return graft_error(GRAFT_ERR_UNSUPPORTED, "conv2d: Winograd needs a 3x3, stride-1, padding-1 kernel");
-    int threads = graft_num_threads();
     wg_job j = {.g = g, .th = (g->oh + 1) / 2, .tw = (g->ow + 1) / 2, .x = x, .w = w, .b = b, .y = y,
                 .ocp = rounded_oc(g)};
-    uintptr_t addr = (uintptr_t)scratch, align = CACHE_LINE_FLOATS * sizeof(float);
-    j.u = (float *)((addr + align - 1) / align * align);
-    size_t u_floats = (size_t)(16 * j.ocp * g->c);
-    addr = (uintptr_t)(j.u + u_floats);
-    j.scratch = (float *)((addr + align - 1) / align * align);
-    j.scratch_stride = wg_thread_floats(g);
-    graft_parallel_for(j.ocp, 1 + 4096 / (9 * g->c), wg_weights_range, &j);
-    j.tiles = g->n * j.th * j.tw;
-    j.blocks = (j.tiles + NR - 1) / NR;
-    int64_t mtiles = j.ocp / MR;
-    /* As the direct kernel: few blocks of tiles (deep layers, small images) split the
-     * output channels too, so that every thread has a share. */
-    j.row_parts = j.blocks >= 8 * threads ? 1 : (mtiles < threads ? mtiles : threads);
-    j.units = j.row_parts * j.blocks;
-    graft_parallel_for(threads, 1, wg_task, &j);
+    wg_start(&j, scratch, 16, wg_thread_floats(g), wg_weights_range);
+    return GRAFT_OK;
+}
+
+/* ---- Winograd F(4x4, 3x3) -----------------------------------------------------------
+ *
+ * The same scheme with 6x6 patches and 4x4 tiles of outputs, from Lavin and Gray's
+ * points 0, 1, -1, 2, -2 and infinity:
+ *
+ *   Y = A^T [(G g G^T) .* (B^T d B)] A
+ *
+ *         | 4  0 -5  0  1  0 |         |  1/4    0     0  |
+ *         | 0 -4 -4  1  1  0 |         | -1/6 -1/6  -1/6  |         | 1  1  1  1  1  0 |
+ *   B^T = | 0  4 -4 -1  1  0 |     G = | -1/6  1/6  -1/6  |   A^T = | 0  1 -1  2 -2  0 |
+ *         | 0 -2 -1  2  1  0 |         | 1/24  1/12  1/6  |         | 0  1  1  4  4  0 |
+ *         | 0  2 -1 -2  1  0 |         | 1/24 -1/12  1/6  |         | 0  1 -1  8 -8  1 |
+ *         | 0  4  0 -5  0  1 |         |   0     0     1  |
+ *
+ * 36 products per channel give 16 outputs: 2.25 multiplications per output against
+ * F(2x2, 3x3)'s 4 and the direct sum's 9.  The larger coefficients cost precision:
+ * tests hold the results to the same bound against the double reference.  U is
+ * [36][oc rounded up to MR][c], V [36][c][NR] per thread, a block of M [36][WG_OB][NR];
+ * the blocking, the micro-kernel and the split between threads are F(2x2, 3x3)'s.  A
+ * patch's pixels are gathered, lane l of the vector for patch pixel (r, col) reading
+ * tile l's, with the lanes in the padding masked off; each sum over ci runs in order,
+ * so an output does not depend on the thread count or on the batch. */
+
+#define W4_E 36 /* 6 x 6 */
+
+bool graft_conv2d_winograd4_fits(const graft_conv2d_geom *g) {
+    return g->kh == 3 && g->kw == 3 && g->sh == 1 && g->sw == 1 && g->ph == 1 && g->pw == 1 &&
+           graft_conv2d_avx512_fits(g) && (g->oh + 3) / 4 * ((g->ow + 3) / 4) * g->n < INT32_MAX / NR &&
+           rounded_oc(g) <= (int64_t)(GRAFT_CONV2D_WORKSPACE_LIMIT_FLOATS / W4_E) / g->c;
+}
+
+static size_t wg4_thread_floats(const graft_conv2d_geom *g) {
+    size_t f = (size_t)(W4_E * g->c * NR) + (size_t)(W4_E * WG_OB * NR); /* V, and a block of M */
+    return (f + CACHE_LINE_FLOATS - 1) / CACHE_LINE_FLOATS * CACHE_LINE_FLOATS;
+}
+
+size_t graft_conv2d_winograd4_workspace_floats(const graft_conv2d_geom *g) {
+    return (size_t)(W4_E * rounded_oc(g) * g->c) + (size_t)graft_num_threads() * wg4_thread_floats(g) +
+           2 * CACHE_LINE_FLOATS;
+}
+
+/* G v for the three taps a, b, d of a kernel column (or row), into t [6]. */
+AVX512_INLINE void wg4_g(__m512 a, __m512 b, __m512 d, __m512 t[6]) {
+    const __m512 q = _mm512_set1_ps(0.25f), s6 = _mm512_set1_ps(1.0f / 6), s12 = _mm512_set1_ps(1.0f / 12),
+                 s24 = _mm512_set1_ps(1.0f / 24);
+    __m512 ad = _mm512_add_ps(a, d), d6 = _mm512_mul_ps(d, s6);
+    t[0] = _mm512_mul_ps(a, q);
+    t[1] = _mm512_mul_ps(_mm512_add_ps(ad, b), _mm512_set1_ps(-1.0f / 6));
+    t[2] = _mm512_mul_ps(_mm512_sub_ps(b, ad), s6);
+    t[3] = _mm512_fmadd_ps(a, s24, _mm512_fmadd_ps(b, s12, d6));
+    t[4] = _mm512_fmadd_ps(a, s24, _mm512_fnmadd_ps(b, s12, d6));
+    t[5] = d;
+}
+
+/* U rows [begin, end) of every e: U_e[o][ci] = (G g[o][ci] G^T)[e], 16 channels at a time,
+ * as wg_weights_range. */
+AVX512 static void wg4_weights_range(void *arg, int64_t begin, int64_t end) {
+    const wg_job *j = arg;
+    int64_t c = j->g->c, plane = j->ocp * c;
+    const __m512i nine = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                                            _mm512_set1_epi32(9));
+    for (int64_t o = begin; o < end; o++)
+        for (int64_t ci0 = 0; ci0 < c; ci0 += LANES) {
+            __mmask16 m = c - ci0 >= LANES ? (__mmask16)0xFFFF : (__mmask16)((1u << (c - ci0)) - 1);
+            float *dst = j->u + o * c + ci0;
+            if (o >= j->g->oc) {
+                for (int e = 0; e < W4_E; e++) _mm512_mask_storeu_ps(dst + e * plane, m, _mm512_setzero_ps());
+                continue;
+            }
+            const float *k = j->w + (o * c + ci0) * 9;
+            __m512 g[9], gg[3][6], row[6];
+            for (int t = 0; t < 9; t++)
+                g[t] = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, _mm512_add_epi32(nine, _mm512_set1_epi32(t)),
+                                                k, 4);
+            for (int col = 0; col < 3; col++) wg4_g(g[col], g[3 + col], g[6 + col], gg[col]); /* G g, by columns */
+            for (int r = 0; r < 6; r++) { /* (G g) G^T, by rows */
+                wg4_g(gg[0][r], gg[1][r], gg[2][r], row);
+                for (int e = 0; e < 6; e++) _mm512_mask_storeu_ps(dst + (r * 6 + e) * plane, m, row[e]);
+            }
+        }
+}
+
+/* Where the tiles of a block read and write: for tile l, the offset from x of its patch's
+ * top-left pixel (4ty - 1, 4tx - 1) in channel 0 (in the padding it lies outside the
+ * image), for each lane group and patch pixel the lanes whose pixel lies inside the
+ * image, the offset of the tile's top-left output in y for channel 0, and how many of
+ * its output rows and columns exist (0 past the last tile). */
+typedef struct wg4_tiles {
+    int32_t in_off[NR];
+    int64_t out_off[NR];
+    __mmask16 inside[NR / LANES][6][6];
+    uint8_t out_rows[NR], out_cols[NR];
+    int count;
+} wg4_tiles;
+
+static void wg4_plan_tiles(const wg_job *j, int64_t t0, wg4_tiles *tp) {
+    const graft_conv2d_geom *g = j->g;
+    int64_t per_image = j->th * j->tw, p = g->oh * g->ow;
+    memset(tp, 0, sizeof *tp);
+    tp->count = (int)(j->tiles - t0 < NR ? j->tiles - t0 : NR);
+    int64_t img = t0 / per_image, ty = t0 % per_image / j->tw, tx = t0 % j->tw;
+    for (int l = 0; l < tp->count; l++) {
+        int64_t iy = 4 * ty - 1, ix = 4 * tx - 1;
+        tp->in_off[l] = (int32_t)(img * g->c * g->h * g->w + iy * g->w + ix);
+        for (int r = 0; r < 6; r++)
+            for (int col = 0; col < 6; col++)
+                if (iy + r >= 0 && iy + r < g->h && ix + col >= 0 && ix + col < g->w)
+                    tp->inside[l / LANES][r][col] |= (__mmask16)(1u << (l % LANES));
+        tp->out_off[l] = img * g->oc * p + 4 * ty * g->ow + 4 * tx;
+        tp->out_rows[l] = (uint8_t)(g->oh - 4 * ty < 4 ? g->oh - 4 * ty : 4);
+        tp->out_cols[l] = (uint8_t)(g->ow - 4 * tx < 4 ? g->ow - 4 * tx : 4);
+        if (++tx == j->tw) {
+            tx = 0;
+            if (++ty == j->th) ty = 0, img++;
+        }
+    }
+}
+
+/* B^T d for one column (or row) d [6] of 16 patches, into t [6]. */
+AVX512_INLINE void wg4_bt(const __m512 d[6], __m512 t[6]) {
+    const __m512 four = _mm512_set1_ps(4.0f), five = _mm512_set1_ps(5.0f), two = _mm512_set1_ps(2.0f);
+    __m512 a = _mm512_fnmadd_ps(four, d[2], d[4]); /* d4 - 4 d2 */
+    __m512 b = _mm512_fnmadd_ps(four, d[1], d[3]); /* d3 - 4 d1 */
+    __m512 c = _mm512_sub_ps(d[4], d[2]);
+    __m512 e = _mm512_mul_ps(two, _mm512_sub_ps(d[3], d[1]));
+    t[0] = _mm512_fmadd_ps(four, d[0], _mm512_fnmadd_ps(five, d[2], d[4]));
+    t[1] = _mm512_add_ps(a, b);
+    t[2] = _mm512_sub_ps(a, b);
+    t[3] = _mm512_add_ps(c, e);
+    t[4] = _mm512_sub_ps(c, e);
+    t[5] = _mm512_fmadd_ps(four, d[1], _mm512_fnmadd_ps(five, d[3], d[5]));
+}
+
+/* V_e lanes of lane group grp of one channel (the plane xc), V_e at v + e * v_stride:
+ * V = B^T d B. */
+AVX512 static void wg4_input_transform(const float *xc, int64_t w, const wg4_tiles *tp, int grp, float *v,
+                                       int64_t v_stride) {
+    __m512i base = _mm512_loadu_si512(tp->in_off + grp * LANES);
+    __m512 t[6][6]; /* t[col][r]: (B^T d) by columns */
+    for (int col = 0; col < 6; col++) {
+        __m512 d[6];
+        for (int r = 0; r < 6; r++) {
+            __mmask16 k = tp->inside[grp][r][col];
+            d[r] = k ? _mm512_mask_i32gather_ps(_mm512_setzero_ps(), k,
+                                                _mm512_add_epi32(base, _mm512_set1_epi32((int32_t)(r * w + col))), xc, 4)
+                     : _mm512_setzero_ps();
+        }
+        wg4_bt(d, t[col]);
+    }
+    for (int r = 0; r < 6; r++) { /* (B^T d) B, by rows */
+        __m512 row[6], out[6];
+        for (int col = 0; col < 6; col++) row[col] = t[col][r];
+        wg4_bt(row, out);
+        for (int e = 0; e < 6; e++) _mm512_store_ps(v + (r * 6 + e) * v_stride, out[e]);
+    }
+}
+
+/* A^T m for one column (or row) m [6], into s [4]. */
+AVX512_INLINE void wg4_at(const __m512 m[6], __m512 s[4]) {
+    __m512 s12 = _mm512_add_ps(m[1], m[2]), d12 = _mm512_sub_ps(m[1], m[2]);
+    __m512 s34 = _mm512_add_ps(m[3], m[4]), d34 = _mm512_sub_ps(m[3], m[4]);
+    s[0] = _mm512_add_ps(_mm512_add_ps(m[0], s12), s34);
+    s[1] = _mm512_fmadd_ps(_mm512_set1_ps(2.0f), d34, d12);
+    s[2] = _mm512_fmadd_ps(_mm512_set1_ps(4.0f), s34, s12);
+    s[3] = _mm512_add_ps(_mm512_fmadd_ps(_mm512_set1_ps(8.0f), d34, d12), m[5]);
+}
+
+/* Output channels [o0, o1) of one block: m holds M_e [36][WG_OB][NR] for rows from o0.
+ * Y = A^T M A, plus the bias, then the fused ReLU as wg_output_transform; each row of a
+ * tile's outputs is gathered into one 4-float group by the transpose and written as
+ * one store (masked at the right edge). */
+AVX512 static void wg4_output_transform(const wg_job *j, const float *m, int64_t o0, int64_t o1,
+                                        const wg4_tiles *tp) {
+    const graft_conv2d_geom *g = j->g;
+    int64_t p = g->oh * g->ow, ow = g->ow;
+    float out[4][LANES] __attribute__((aligned(64)));
+    for (int64_t o = o0; o < o1; o++) {
+        const float *mo = m + (o - o0) * NR;
+        __m512 bias = _mm512_set1_ps(j->b ? j->b[o] : 0.0f);
+        float *yo = j->y + o * p;
+        for (int l0 = 0; l0 < tp->count; l0 += LANES) {
+            __m512 s[6][4]; /* s[col][i]: (A^T M) by columns */
+            for (int col = 0; col < 6; col++) {
+                __m512 mc[6];
+                for (int r = 0; r < 6; r++) mc[r] = _mm512_load_ps(mo + (r * 6 + col) * WG_OB * NR + l0);
+                wg4_at(mc, s[col]);
+            }
+            for (int i = 0; i < 4; i++) { /* (A^T M) A, by rows: y[col] is output (i, col) */
+                __m512 row[6], y[4];
+                for (int col = 0; col < 6; col++) row[col] = s[col][i];
+                wg4_at(row, y);
+                for (int col = 0; col < 4; col++) {
+                    y[col] = _mm512_add_ps(y[col], bias);
+                    if (g->relu)
+                        y[col] = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(y[col], _mm512_setzero_ps(), _CMP_NLE_UQ),
+                                                     y[col]);
+                }
+                wg_transpose(y); /* group k of y[a]: row i of the outputs of tile l0 + 4k + a */
+                for (int a = 0; a < 4; a++) _mm512_store_ps(out[a], y[a]);
+                for (int a = 0; a < 4; a++)
+                    for (int k = 0; k < 4; k++) {
+                        int t = l0 + 4 * k + a;
+                        if (t >= tp->count || i >= tp->out_rows[t]) continue;
+                        float *dst = yo + tp->out_off[t] + i * ow;
+                        if (tp->out_cols[t] == 4)
+                            _mm_storeu_ps(dst, _mm_load_ps(out[a] + 4 * k));
+                        else
+                            _mm512_mask_storeu_ps(dst, (__mmask16)((1u << tp->out_cols[t]) - 1),
+                                                  _mm512_castps128_ps512(_mm_load_ps(out[a] + 4 * k)));
+                    }
+            }
+        }
+    }
+}
+
+/* Tiles [blk * NR, +NR), output channels [m0, m1). */
+AVX512 static void wg4_unit(const wg_job *j, float *scratch, int64_t m0, int64_t m1, int64_t blk) {
+    const graft_conv2d_geom *g = j->g;
+    int64_t c = g->c, plane = g->h * g->w;
+    float *v = scratch, *mb = v + W4_E * c * NR;
+    wg4_tiles tp;
+    wg4_plan_tiles(j, blk * NR, &tp);
+    for (int64_t ci = 0; ci < c; ci++) /* every lane, so lanes past the last tile hold zeros */
+        for (int grp = 0; grp < NR / LANES; grp++)
+            wg4_input_transform(j->x + ci * plane, g->w, &tp, grp, v + ci * NR + grp * LANES, c * NR);
+    for (int64_t o0 = m0; o0 < m1; o0 += WG_OB) {
+        int64_t o1 = o0 + WG_OB < m1 ? o0 + WG_OB : m1;
+        int64_t rows = (o1 - o0 + MR - 1) / MR * MR; /* U's padding rows keep whole tiles */
+        for (int e = 0; e < W4_E; e++) {
+            const float *ue = j->u + e * j->ocp * c, *ve = v + e * c * NR;
+            for (int64_t r = 0; r < rows; r += MR)
+                kernel_8x48(c, ue + (o0 + r) * c, c, ve, mb + (e * WG_OB + r) * NR, NR, 0);
+        }
+        wg4_output_transform(j, mb, o0, o1, &tp);
+    }
+}
+
+graft_status graft_conv2d_forward_winograd4(const graft_conv2d_geom *g, const float *x, const float *w,
+                                            const float *b, float *y, float *scratch) {
+    if (!graft_conv2d_winograd4_fits(g))
+        return graft_error(GRAFT_ERR_UNSUPPORTED, "conv2d: Winograd needs a 3x3, stride-1, padding-1 kernel");
+    wg_job j = {.g = g, .th = (g->oh + 3) / 4, .tw = (g->ow + 3) / 4, .x = x, .w = w, .b = b, .y = y,
+                .ocp = rounded_oc(g), .f4 = true};
+    wg_start(&j, scratch, W4_E, wg4_thread_floats(g), wg4_weights_range);
     return GRAFT_OK;
 }
 
@@ -778,6 +1039,18 @@ graft_status graft_conv2d_forward_winograd(const graft_conv2d_geom *g, const flo
                                            const float *b, float *y, float *scratch) {
     (void)g, (void)x, (void)w, (void)b, (void)y, (void)scratch;
     return graft_error(GRAFT_ERR_UNSUPPORTED, "conv2d: this build has no AVX-512 kernel");
+}
+
+/* F(4x4, 3x3): as F(2x2, 3x3), absent. */
+size_t graft_conv2d_winograd4_workspace_floats(const graft_conv2d_geom *g) {
+    return graft_conv2d_winograd_workspace_floats(g);
+}
+
+bool graft_conv2d_winograd4_fits(const graft_conv2d_geom *g) { return graft_conv2d_winograd_fits(g); }
+
+graft_status graft_conv2d_forward_winograd4(const graft_conv2d_geom *g, const float *x, const float *w,
+                                            const float *b, float *y, float *scratch) {
+    return graft_conv2d_forward_winograd(g, x, w, b, y, scratch);
 }
 
 #endif

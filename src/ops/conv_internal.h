@@ -13,8 +13,12 @@
  *           convolutions on AVX-512: 2.25x fewer multiplications, float results that
  *           differ from the direct sums by rounding.  The forward, and the input
  *           gradient where that is such a convolution.
- * GRAFT_CONV2D_AUTO picks WINOGRAD where the shape allows it (and its transformed weights
- * fit the default workspace bound) and the CPU has AVX-512,
+ *   WINOGRAD4 (conv_avx512.c) Winograd F(4x4, 3x3) for the same convolutions: 4x fewer
+ *           multiplications than the direct sums, with larger rounding differences.
+ * GRAFT_CONV2D_AUTO picks WINOGRAD4 where it measured faster than WINOGRAD (maps of 8 x 8
+ * and more that 4x4 tiles cover with little waste, 128 channels on one side: conv.c),
+ * else WINOGRAD where the shape allows it (and its transformed weights fit the default
+ * workspace bound) and the CPU has AVX-512,
  * else AVX512 where the CPU has it (both measured faster than GEMM on every VGG layer,
  * docs/performance.md), else GEMM. */
 #ifndef GRAFT_OPS_CONV_INTERNAL_H
@@ -41,12 +45,13 @@ typedef enum graft_conv2d_kernel {
     GRAFT_CONV2D_AUTO = 0,
     GRAFT_CONV2D_GEMM,
     GRAFT_CONV2D_AVX512,
-    GRAFT_CONV2D_WINOGRAD
+    GRAFT_CONV2D_WINOGRAD,
+    GRAFT_CONV2D_WINOGRAD4
 } graft_conv2d_kernel;
 
-/* Forces a kernel for every later conv call (AUTO restores the default); WINOGRAD falls
- * back to AVX512 where the shape rules it out, AVX512 to GEMM where the CPU or the sizes
- * rule it out.  Process-wide, like the workspace bound: for tests and benchmarks. */
+/* Forces a kernel for every later conv call (AUTO restores the default); WINOGRAD4 falls
+ * back to WINOGRAD, and WINOGRAD to AVX512, where the shape rules it out, AVX512 to GEMM
+ * where the CPU or the sizes rule it out.  Process-wide, like the workspace bound: for tests and benchmarks. */
 void graft_conv2d_set_kernel(graft_conv2d_kernel k);
 /* The kernel graft_conv2d_forward would use for g now. */
 graft_conv2d_kernel graft_conv2d_forward_kernel(const graft_conv2d_geom *g);
@@ -71,5 +76,10 @@ bool graft_conv2d_winograd_fits(const graft_conv2d_geom *g);
 size_t graft_conv2d_winograd_workspace_floats(const graft_conv2d_geom *g);
 graft_status graft_conv2d_forward_winograd(const graft_conv2d_geom *g, const float *x, const float *w,
                                            const float *b, float *y, float *scratch);
+/* Winograd F(4x4, 3x3), the same way. */
+bool graft_conv2d_winograd4_fits(const graft_conv2d_geom *g);
+size_t graft_conv2d_winograd4_workspace_floats(const graft_conv2d_geom *g);
+graft_status graft_conv2d_forward_winograd4(const graft_conv2d_geom *g, const float *x, const float *w,
+                                            const float *b, float *y, float *scratch);
 
 #endif

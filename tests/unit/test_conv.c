@@ -82,7 +82,8 @@ static const graft_conv2d_geom kernel_geoms[] = {
     {.n = 2, .c = 3, .h = 5, .w = 6, .oc = 4, .kh = 3, .kw = 3, .sh = 1, .sw = 1, .ph = 2, .pw = 0},
 };
 
-/* Winograd F(2x2, 3x3)'s edges: odd output sizes (a tile's right column or bottom row
+/* Winograd's edges (F(2x2, 3x3)'s, and with every remainder of the sizes by 4, F(4x4,
+ * 3x3)'s): odd output sizes (a tile's right column or bottom row
  * missing), 1-pixel maps, maps 32 and more wide (whole runs of 16 tiles in a row, with
  * a ragged end), a last block of tiles that is not full, a single channel, output
  * channels that are not a multiple of 8 and more than one block of 64 of them. */
@@ -95,6 +96,9 @@ static const graft_conv2d_geom winograd_geoms[] = {
     {.n = 2, .c = 2, .h = 3, .w = 70, .oc = 3, .kh = 3, .kw = 3, .sh = 1, .sw = 1, .ph = 1, .pw = 1},
     {.n = 5, .c = 17, .h = 6, .w = 6, .oc = 130, .kh = 3, .kw = 3, .sh = 1, .sw = 1, .ph = 1, .pw = 1},
     {.n = 64, .c = 24, .h = 2, .w = 2, .oc = 16, .kh = 3, .kw = 3, .sh = 1, .sw = 1, .ph = 1, .pw = 1},
+    /* F(4x4, 3x3): 90 tiles of 4x4 (a second block of 42), both edges ragged, two blocks of
+     * output channels */
+    {.n = 3, .c = 9, .h = 20, .w = 22, .oc = 70, .kh = 3, .kw = 3, .sh = 1, .sw = 1, .ph = 1, .pw = 1},
 };
 
 #define COUNT(a) ((int)(sizeof(a) / sizeof((a)[0])))
@@ -440,7 +444,8 @@ static void check_kernel(graft_conv2d_kernel kernel, const graft_conv2d_geom *ge
         double eb = tu_rel_err_fd(f.db, db, p.g.oc, 1e-6);
         static const char *names[][2] = {[GRAFT_CONV2D_GEMM] = {"gemm kernel y", "gemm kernel dx"},
                                          [GRAFT_CONV2D_AVX512] = {"avx512 kernel y", "avx512 kernel dx"},
-                                         [GRAFT_CONV2D_WINOGRAD] = {"winograd kernel y", "winograd kernel dx"}};
+                                         [GRAFT_CONV2D_WINOGRAD] = {"winograd kernel y", "winograd kernel dx"},
+                                         [GRAFT_CONV2D_WINOGRAD4] = {"winograd4 kernel y", "winograd4 kernel dx"}};
         report(names[kernel][0], i, ey);
         report(names[kernel][1], i, ex);
         if (ey > FAST_TOL || ex > FAST_TOL || ew > FAST_TOL || eb > FAST_TOL) describe(&p.g);
@@ -490,6 +495,18 @@ static void test_winograd_kernel_matches_reference(void **state) {
     check_kernel(GRAFT_CONV2D_WINOGRAD, winograd_geoms, COUNT(winograd_geoms), 2600);
 }
 
+/* F(4x4, 3x3) the same way: its larger transform coefficients cost some precision, and
+ * these geometries' results stay within the same bound. */
+static void test_winograd4_kernel_matches_reference(void **state) {
+    (void)state;
+    if (!graft_conv2d_avx512_available()) skip();
+    check_kernel(GRAFT_CONV2D_WINOGRAD4, winograd_geoms, COUNT(winograd_geoms), 2700);
+    check_kernel(GRAFT_CONV2D_WINOGRAD4, kernel_geoms, COUNT(kernel_geoms), 2800);
+    check_kernel(GRAFT_CONV2D_WINOGRAD4, fast_geoms, COUNT(fast_geoms), 2900);
+    assert_int_equal(graft_set_num_threads(1), GRAFT_OK);
+    check_kernel(GRAFT_CONV2D_WINOGRAD4, winograd_geoms, COUNT(winograd_geoms), 3000);
+}
+
 static void test_forward_kernel_follows_cpu_and_setting(void **state) {
     (void)state;
     graft_conv2d_geom g = kernel_geoms[0], g5 = kernel_geoms[2]; /* 3x3 pad 1; 5x5 */
@@ -515,6 +532,32 @@ static void test_forward_kernel_follows_cpu_and_setting(void **state) {
     assert_int_equal(graft_conv2d_forward_kernel(&big), direct);
     big.c = big.oc = 1000; /* 16 x 1000 x 1000: within it */
     assert_int_equal(graft_conv2d_forward_kernel(&big), best);
+
+    /* F(4x4, 3x3) where it measured faster: maps of 8 x 8 and more that 4x4 tiles cover
+     * with little waste, and 128 channels on one side */
+    graft_conv2d_kernel four = avx ? GRAFT_CONV2D_WINOGRAD4 : GRAFT_CONV2D_GEMM;
+    graft_conv2d_geom v = {.n = 2, .c = 64, .h = 16, .w = 16, .oc = 128, .kh = 3, .kw = 3,
+                           .sh = 1, .sw = 1, .ph = 1, .pw = 1};
+    graft_conv2d_set_kernel(GRAFT_CONV2D_AUTO);
+    assert_int_equal(graft_conv2d_geom_init(&v), GRAFT_OK);
+    assert_int_equal(graft_conv2d_forward_kernel(&v), four);
+    v.oc = 64; /* 64 -> 64 */
+    assert_int_equal(graft_conv2d_geom_init(&v), GRAFT_OK);
+    assert_int_equal(graft_conv2d_forward_kernel(&v), best);
+    v.c = v.oc = 256, v.h = v.w = 14; /* 14 x 14: a quarter of the tiles' outputs wasted */
+    assert_int_equal(graft_conv2d_geom_init(&v), GRAFT_OK);
+    assert_int_equal(graft_conv2d_forward_kernel(&v), best);
+    v.h = v.w = 4; /* one tile per image */
+    assert_int_equal(graft_conv2d_geom_init(&v), GRAFT_OK);
+    assert_int_equal(graft_conv2d_forward_kernel(&v), best);
+    v.h = v.w = 8;
+    assert_int_equal(graft_conv2d_geom_init(&v), GRAFT_OK);
+    assert_int_equal(graft_conv2d_forward_kernel(&v), four);
+    graft_conv2d_set_kernel(GRAFT_CONV2D_WINOGRAD); /* forced: F(2x2, 3x3) */
+    assert_int_equal(graft_conv2d_forward_kernel(&v), best);
+    graft_conv2d_set_kernel(GRAFT_CONV2D_WINOGRAD4); /* forced: wherever the shape allows */
+    assert_int_equal(graft_conv2d_forward_kernel(&g), four);
+    assert_int_equal(graft_conv2d_forward_kernel(&g5), direct);
 }
 
 /* The AVX-512 kernels (direct and Winograd) split outputs between threads, never a sum:
@@ -543,7 +586,7 @@ static void check_threads(graft_conv2d_kernel kernel, const graft_conv2d_geom *g
     graft_ctx_release(&ctx);
 }
 
-/* A check over both AVX-512 kernels and both lists of geometries, seeds from seed. */
+/* A check over the AVX-512 kernels and both lists of geometries, seeds from seed. */
 typedef void (*kernel_check)(graft_conv2d_kernel kernel, const graft_conv2d_geom *geoms, int count, uint64_t seed);
 
 static void check_avx512_kernels(kernel_check check, uint64_t seed) {
@@ -551,6 +594,8 @@ static void check_avx512_kernels(kernel_check check, uint64_t seed) {
     check(GRAFT_CONV2D_AVX512, kernel_geoms, COUNT(kernel_geoms), seed);
     check(GRAFT_CONV2D_WINOGRAD, kernel_geoms, COUNT(kernel_geoms), seed + 50);
     check(GRAFT_CONV2D_WINOGRAD, winograd_geoms, COUNT(winograd_geoms), seed + 70);
+    check(GRAFT_CONV2D_WINOGRAD4, kernel_geoms, COUNT(kernel_geoms), seed + 80);
+    check(GRAFT_CONV2D_WINOGRAD4, winograd_geoms, COUNT(winograd_geoms), seed + 90);
 }
 
 static void test_avx512_results_do_not_depend_on_threads(void **state) {
@@ -626,6 +671,7 @@ static void test_fused_relu_matches_relu_after(void **state) {
     check_fused_relu(GRAFT_CONV2D_GEMM, 2100);
     if (graft_conv2d_avx512_available()) check_fused_relu(GRAFT_CONV2D_AVX512, 2200);
     if (graft_conv2d_avx512_available()) check_fused_relu(GRAFT_CONV2D_WINOGRAD, 2250);
+    if (graft_conv2d_avx512_available()) check_fused_relu(GRAFT_CONV2D_WINOGRAD4, 2260);
 }
 
 /* ---- gradient conventions --------------------------------------------------- */
@@ -890,6 +936,7 @@ int main(void) {
         cmocka_unit_test_teardown(test_gemm_kernel_matches_reference, reset_kernel),
         cmocka_unit_test_teardown(test_avx512_kernel_matches_reference, reset_kernel),
         cmocka_unit_test_teardown(test_winograd_kernel_matches_reference, reset_kernel),
+        cmocka_unit_test_teardown(test_winograd4_kernel_matches_reference, reset_kernel),
         cmocka_unit_test_teardown(test_forward_kernel_follows_cpu_and_setting, reset_kernel),
         cmocka_unit_test_teardown(test_avx512_results_do_not_depend_on_threads, reset_kernel),
         cmocka_unit_test_teardown(test_avx512_results_do_not_depend_on_the_batch, reset_kernel),
