@@ -60,6 +60,23 @@ void graft_linear_backward(graft_ctx *ctx, int64_t n, int64_t in, int64_t out, c
     graft_linear_backward_ex(ctx, n, in, out, x, w, dy, dx, dw, db, false, false);
 }
 
+/* db [o] (+)= the sum of dy [i, o] over the batch, in double (a batch of float gradients
+ * summed without drift), i ascending; BIAS_CHUNK columns at a time, rows in order, so the
+ * loop runs along dy's rows (by columns it read one float per 16 KiB row of the recipe's
+ * dy, about 0.6 ms a step). */
+#define BIAS_CHUNK 256
+
+static void bias_grad(int64_t n, int64_t out, const float *dy, float *db, bool set_db) {
+    double sum[BIAS_CHUNK];
+    for (int64_t o0 = 0; o0 < out; o0 += BIAS_CHUNK) {
+        int64_t width = out - o0 < BIAS_CHUNK ? out - o0 : BIAS_CHUNK;
+        for (int64_t o = 0; o < width; o++) sum[o] = 0.0;
+        for (int64_t i = 0; i < n; i++)
+            for (int64_t o = 0; o < width; o++) sum[o] += dy[i * out + o0 + o];
+        for (int64_t o = 0; o < width; o++) db[o0 + o] = set_db ? (float)sum[o] : db[o0 + o] + (float)sum[o];
+    }
+}
+
 void graft_linear_backward_ex(graft_ctx *ctx, int64_t n, int64_t in, int64_t out, const float *x, const float *w,
                               const float *dy, float *dx, float *dw, float *db, bool set_dw, bool set_db) {
     if (dx && in > 0 && n > 0) {
@@ -77,12 +94,7 @@ void graft_linear_backward_ex(graft_ctx *ctx, int64_t n, int64_t in, int64_t out
             graft_sgemm(true, false, out, in, n, 1.0f, dy, out, x, in, set_dw ? 0.0f : 1.0f, dw, in);
         }
     }
-    if (db)
-        for (int64_t o = 0; o < out; o++) {
-            double sum = 0.0; /* a batch of float gradients, summed without drift */
-            for (int64_t i = 0; i < n; i++) sum += dy[i * out + o];
-            db[o] = set_db ? (float)sum : db[o] + (float)sum;
-        }
+    if (db) bias_grad(n, out, dy, db, set_db);
 }
 
 bool graft_linear_weight_grad_to_sink(graft_ctx *ctx, int64_t n, int64_t in, int64_t out, const float *x,
