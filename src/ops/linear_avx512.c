@@ -99,14 +99,44 @@ typedef struct forward_job {
     float *scratch; /* a panel of PB x MB per slab, then the partial sums yt [out][MB] */
 } forward_job;
 
-/* xt [pn][MB] = x [mn, pn]^T (row stride ldx), rows past mn zero. */
-static void pack_transposed(int64_t mn, int64_t pn, const float *x, int64_t ldx, float *xt) {
-    for (int64_t m = 0; m < mn; m++) {
-        const float *row = x + m * ldx;
-        for (int64_t p = 0; p < pn; p++) xt[p * MB + m] = row[p];
+/* xt [pn][MB] = x [mn, pn]^T (row stride ldx), rows past mn zero: for each p, a gather
+ * of 16 rows at a time (element by element, this and the write of y below took about 4%
+ * of a training step of the recipe). */
+AVX512 static void pack_transposed(int64_t mn, int64_t pn, const float *x, int64_t ldx, float *xt) {
+    if ((MB - 1) * ldx + pn > INT32_MAX) { /* offsets past the gather's int32 indices */
+        for (int64_t m = 0; m < MB; m++)
+            for (int64_t p = 0; p < pn; p++) xt[p * MB + m] = m < mn ? x[m * ldx + p] : 0.0f;
+        return;
     }
-    for (int64_t m = mn; m < MB; m++)
-        for (int64_t p = 0; p < pn; p++) xt[p * MB + m] = 0.0f;
+    const __m512i rows = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                                            _mm512_set1_epi32((int32_t)ldx));
+    for (int64_t v = 0; v < MV; v++) {
+        __mmask16 k = lane_mask(mn - v * LANES);
+        const float *base = x + v * LANES * ldx;
+        for (int64_t p = 0; p < pn; p++)
+            _mm512_store_ps(xt + p * MB + v * LANES,
+                            k ? _mm512_mask_i32gather_ps(_mm512_setzero_ps(), k,
+                                                         _mm512_add_epi32(rows, _mm512_set1_epi32((int32_t)p)), base, 4)
+                              : _mm512_setzero_ps());
+    }
+}
+
+/* y [m0 + m, j] = yt [j - jlo][m] + b [j] for m < mn, j in [jlo, jhi) (rows of y ldy apart),
+ * 16 outputs at a time, gathered from yt's columns. */
+AVX512 static void write_outputs(int64_t mn, int64_t jlo, int64_t jhi, const float *yt, const float *b, float *y,
+                                 int64_t ldy) {
+    const __m512i cols = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                                            _mm512_set1_epi32(MB));
+    for (int64_t j0 = jlo; j0 < jhi; j0 += LANES) {
+        __mmask16 k = lane_mask(jhi - j0);
+        __m512 bias = b ? _mm512_maskz_loadu_ps(k, b + j0) : _mm512_setzero_ps();
+        const float *src = yt + (j0 - jlo) * MB;
+        for (int64_t m = 0; m < mn; m++) {
+            __m512 v = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), k, _mm512_add_epi32(cols, _mm512_set1_epi32((int32_t)m)),
+                                                src, 4);
+            _mm512_mask_storeu_ps(y + m * ldy + j0, k, _mm512_add_ps(v, bias));
+        }
+    }
 }
 
 /* yt [jr][MB] (+)= sum_p w [j, p] xt [p][.] over pn inputs (weight rows ldw apart);
@@ -164,10 +194,7 @@ static void forward_slab(void *arg, int64_t begin, int64_t end) {
                     forward_tile_any(jr, p0 == 0, pn, jb->w + j0 * jb->in + p0, jb->in, xt, yt + (j0 - jlo) * MB);
                 }
             }
-            for (int64_t m = 0; m < mn; m++) {
-                float *row = jb->y + (m0 + m) * jb->out;
-                for (int64_t j = jlo; j < jhi; j++) row[j] = yt[(j - jlo) * MB + m] + (jb->b ? jb->b[j] : 0.0f);
-            }
+            write_outputs(mn, jlo, jhi, yt, jb->b, jb->y + m0 * jb->out, jb->out);
         }
     }
 }
