@@ -2,6 +2,7 @@
 #include "io/atomic_file.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdbool.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -203,4 +204,74 @@ graft_status graft_atomic_write_file(const char *path, const void *data, size_t 
         return s;
     }
     return graft_atomic_commit(&af);
+}
+
+/* ---- replaced files, removed in the background --------------------------------------- */
+
+#define REPLACED_SUFFIX ".replaced"
+
+void graft_old_files_keep(graft_old_files *o, const char *path) {
+    if (o->thread) graft_old_files_wait(o);
+    if (o->n >= GRAFT_OLD_FILES_MAX) return;
+    size_t len = strlen(path);
+    char *old = malloc(len + sizeof REPLACED_SUFFIX);
+    if (!old) return;
+    memcpy(old, path, len);
+    memcpy(old + len, REPLACED_SUFFIX, sizeof REPLACED_SUFFIX);
+    int r = link(path, old);
+    if (r != 0 && errno == EEXIST && unlink(old) == 0) r = link(path, old); /* left by a killed run */
+    if (r != 0) {
+        free(old);
+        return;
+    }
+    o->paths[o->n++] = old;
+}
+
+typedef struct old_batch {
+    char *paths[GRAFT_OLD_FILES_MAX];
+    int n;
+} old_batch;
+
+static void *remove_batch(void *arg) {
+    old_batch *b = arg;
+    for (int i = 0; i < b->n; i++) {
+        unlink(b->paths[i]);
+        free(b->paths[i]);
+    }
+    free(b);
+    return NULL;
+}
+
+void graft_old_files_release(graft_old_files *o) {
+    if (o->thread) graft_old_files_wait(o);
+    if (!o->n) return;
+    old_batch *b = malloc(sizeof *b);
+    pthread_t *th = malloc(sizeof *th);
+    if (b) {
+        b->n = o->n;
+        for (int i = 0; i < o->n; i++) b->paths[i] = o->paths[i];
+        o->n = 0;
+    }
+    if (b && th && pthread_create(th, NULL, remove_batch, b) == 0) {
+        o->thread = th;
+        return;
+    }
+    free(th);
+    if (b) {
+        remove_batch(b);
+        return;
+    }
+    for (int i = 0; i < o->n; i++) { /* no memory for the batch: here, one by one */
+        unlink(o->paths[i]);
+        free(o->paths[i]);
+    }
+    o->n = 0;
+}
+
+void graft_old_files_wait(graft_old_files *o) {
+    if (!o->thread) return;
+    pthread_t *th = o->thread;
+    pthread_join(*th, NULL);
+    free(th);
+    o->thread = NULL;
 }

@@ -49,4 +49,33 @@ graft_status graft_atomic_write_file(const char *path, const void *data, size_t 
  * (or no more for this file): the caller writes a copy instead; path is then untouched. */
 graft_status graft_atomic_link(const char *existing, const char *path);
 
+/* Replacing a large file frees the old one's blocks inside the rename, which can wait on
+ * the file system for long (ext4 here: about 0.7 s for a 537 MB checkpoint, with no CPU
+ * used).  graft_old_files keeps the files about to be replaced alive under a second name
+ * ("<path>.replaced") and removes those names on a thread of its own, so the caller goes
+ * on while the file system works:
+ *
+ *     graft_old_files_keep(&old, "run/last.safetensors");   // before replacing it
+ *     ... replace run/last.safetensors ...
+ *     graft_old_files_release(&old);                        // removed in the background
+ *     ...
+ *     graft_old_files_wait(&old);                           // before the next keep, or the end
+ *
+ * Start from a zeroed struct. */
+#define GRAFT_OLD_FILES_MAX 4
+typedef struct graft_old_files {
+    char *paths[GRAFT_OLD_FILES_MAX]; /* second names, owned */
+    int n;
+    void *thread;                     /* a pthread_t while the removals run */
+} graft_old_files;
+
+/* Gives path's file the second name, unless path does not exist, the file system has no
+ * links, or GRAFT_OLD_FILES_MAX names are kept already (then replacing path frees it as
+ * before). */
+void graft_old_files_keep(graft_old_files *o, const char *path);
+/* Removes the names kept so far, on a thread (in the calling one if none can start). */
+void graft_old_files_release(graft_old_files *o);
+/* Waits for the removals to finish. */
+void graft_old_files_wait(graft_old_files *o);
+
 #endif

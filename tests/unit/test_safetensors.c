@@ -97,7 +97,7 @@ static void write_st(const char *path, const char *header, const void *data, siz
     unsigned char *buf = malloc(8 + hlen + data_bytes);
     for (int i = 0; i < 8; i++) buf[i] = (unsigned char)((uint64_t)hlen >> (8 * i));
     memcpy(buf + 8, header, hlen);
-    if (data_bytes) memcpy(buf + 8 + hlen, data, data_bytes);
+    if (data && data_bytes) memcpy(buf + 8 + hlen, data, data_bytes);
     write_bytes(path, buf, 8 + hlen + data_bytes);
     free(buf);
 }
@@ -1142,6 +1142,44 @@ static void atomic_link_replaces_the_target_with_another_name_of_the_file(void *
     assert_int_equal(scratch_entries_containing(".tmp."), 0);
 }
 
+static void replaced_files_live_on_until_released_then_go(void **state) {
+    (void)state;
+    char a[PATH_BYTES], kept[PATH_BYTES + 16], missing[PATH_BYTES];
+    scratch_path(a, "kept.txt");
+    scratch_path(missing, "never-there.txt");
+    snprintf(kept, sizeof kept, "%s.replaced", a);
+    write_bytes(a, "old", 3);
+    graft_old_files old;
+    memset(&old, 0, sizeof old);
+    graft_old_files_keep(&old, a);
+    graft_old_files_keep(&old, missing); /* nothing to keep */
+    assert_int_equal(old.n, 1);
+    assert_int_equal(graft_atomic_write_file(a, "new", 3), GRAFT_OK);
+    size_t n;
+    unsigned char *b = read_bytes(kept, &n); /* the old file, under its second name */
+    assert_int_equal(n, 3);
+    assert_memory_equal(b, "old", 3);
+    free(b);
+    graft_old_files_release(&old);
+    graft_old_files_wait(&old);
+    struct stat st;
+    assert_int_equal(stat(kept, &st), -1);
+    b = read_bytes(a, &n);
+    assert_memory_equal(b, "new", 3);
+    free(b);
+    /* a second name left by a killed run is taken over */
+    write_bytes(kept, "stale", 5);
+    graft_old_files_keep(&old, a);
+    assert_int_equal(old.n, 1);
+    b = read_bytes(kept, &n);
+    assert_int_equal(n, 3);
+    free(b);
+    graft_old_files_release(&old);
+    graft_old_files_wait(&old);
+    assert_int_equal(stat(kept, &st), -1);
+    graft_old_files_wait(&old); /* harmless when nothing runs */
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(save_then_load_keeps_tensors_metadata_and_order),
@@ -1202,6 +1240,7 @@ int main(void) {
         cmocka_unit_test(atomic_file_abort_removes_the_temporary_file),
         cmocka_unit_test(atomic_file_creates_a_new_file_readable_like_fopen_would),
         cmocka_unit_test(atomic_link_replaces_the_target_with_another_name_of_the_file),
+        cmocka_unit_test(replaced_files_live_on_until_released_then_go),
     };
     return cmocka_run_group_tests(tests, make_scratch, remove_scratch);
 }
