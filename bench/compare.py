@@ -329,7 +329,8 @@ def main():
               f" {r['ratio']:>5.2f}x | {pct:>12} | {r['graft_rss_mb']:>6.0f} MB | {r['torch_rss_mb']:>6.0f} MB |")
     if any("pct_peak" in r for r in rows):
         print("\n% sgemm peak counts the direct convolution's multiply-adds; graft's 3x3 convolutions run "
-              "Winograd F(2x2, 3x3), which does 2.25x fewer multiplications, so the figure can pass 100%.")
+              "Winograd F(2x2, 3x3) or F(4x4, 3x3), which do 2.25x and 4x fewer multiplications, so the figure "
+              "can pass 100%.")
     if any(r.get("torch_extrapolated") for r in rows):
         print("\n* PyTorch's recipe time is extrapolated from one measured epoch on a subset "
               f"({a.torch_subset:,} training images, their share of the test split); its RSS is that run's, "
