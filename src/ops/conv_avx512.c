@@ -684,6 +684,18 @@ AVX512 static void wg_output_transform(const wg_job *j, const float *m, int64_t 
     }
 }
 
+/* M_e = U_e . V_e for the e < elements and the output channels [o0, o1) (a block of
+ * WG_OB at most), on the micro-kernel: U's rows read in place, V_e one panel of NR tiles,
+ * M into mb [elements][WG_OB][NR]. */
+AVX512 static void wg_products(const wg_job *j, int elements, const float *v, float *mb, int64_t o0, int64_t o1) {
+    int64_t c = j->g->c, rows = (o1 - o0 + MR - 1) / MR * MR; /* U's padding rows keep whole tiles */
+    for (int e = 0; e < elements; e++) {
+        const float *ue = j->u + e * j->ocp * c, *ve = v + e * c * NR;
+        for (int64_t r = 0; r < rows; r += MR)
+            kernel_8x48(c, ue + (o0 + r) * c, c, ve, mb + (e * WG_OB + r) * NR, NR, 0);
+    }
+}
+
 /* Tiles [blk * NR, +NR), output channels [m0, m1). */
 AVX512 static void wg_unit(const wg_job *j, float *scratch, int64_t m0, int64_t m1, int64_t blk) {
     const graft_conv2d_geom *g = j->g;
@@ -703,12 +715,7 @@ AVX512 static void wg_unit(const wg_job *j, float *scratch, int64_t m0, int64_t 
         }
     for (int64_t o0 = m0; o0 < m1; o0 += WG_OB) {
         int64_t o1 = o0 + WG_OB < m1 ? o0 + WG_OB : m1;
-        int64_t rows = (o1 - o0 + MR - 1) / MR * MR; /* U's padding rows keep whole tiles */
-        for (int e = 0; e < 16; e++) {
-            const float *ue = j->u + e * j->ocp * c, *ve = v + e * c * NR;
-            for (int64_t r = 0; r < rows; r += MR)
-                kernel_8x48(c, ue + (o0 + r) * c, c, ve, mb + (e * WG_OB + r) * NR, NR, 0);
-        }
+        wg_products(j, 16, v, mb, o0, o1);
         wg_output_transform(j, mb, o0, o1, &tp);
     }
 }
@@ -992,12 +999,7 @@ AVX512 static void wg4_unit(const wg_job *j, float *scratch, int64_t m0, int64_t
             wg4_input_transform(j->x + ci * plane, g->w, &tp, grp, v + ci * NR + grp * LANES, c * NR);
     for (int64_t o0 = m0; o0 < m1; o0 += WG_OB) {
         int64_t o1 = o0 + WG_OB < m1 ? o0 + WG_OB : m1;
-        int64_t rows = (o1 - o0 + MR - 1) / MR * MR; /* U's padding rows keep whole tiles */
-        for (int e = 0; e < W4_E; e++) {
-            const float *ue = j->u + e * j->ocp * c, *ve = v + e * c * NR;
-            for (int64_t r = 0; r < rows; r += MR)
-                kernel_8x48(c, ue + (o0 + r) * c, c, ve, mb + (e * WG_OB + r) * NR, NR, 0);
-        }
+        wg_products(j, W4_E, v, mb, o0, o1);
         wg4_output_transform(j, mb, o0, o1, &tp);
     }
 }
