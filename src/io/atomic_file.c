@@ -211,7 +211,7 @@ graft_status graft_atomic_write_file(const char *path, const void *data, size_t 
 #define REPLACED_SUFFIX ".replaced"
 
 void graft_old_files_keep(graft_old_files *o, const char *path) {
-    if (o->thread) graft_old_files_wait(o);
+    graft_old_files_wait(o); /* the thread may still be removing this very name */
     if (o->n >= GRAFT_OLD_FILES_MAX) return;
     size_t len = strlen(path);
     char *old = malloc(len + sizeof REPLACED_SUFFIX);
@@ -227,51 +227,27 @@ void graft_old_files_keep(graft_old_files *o, const char *path) {
     o->paths[o->n++] = old;
 }
 
-typedef struct old_batch {
-    char *paths[GRAFT_OLD_FILES_MAX];
-    int n;
-} old_batch;
-
-static void *remove_batch(void *arg) {
-    old_batch *b = arg;
-    for (int i = 0; i < b->n; i++) {
-        unlink(b->paths[i]);
-        free(b->paths[i]);
+static void *remove_names(void *arg) {
+    graft_old_files *o = arg;
+    for (int i = 0; i < o->nremoving; i++) {
+        unlink(o->removing[i]);
+        free(o->removing[i]);
     }
-    free(b);
+    o->nremoving = 0;
     return NULL;
 }
 
 void graft_old_files_release(graft_old_files *o) {
-    if (o->thread) graft_old_files_wait(o);
+    graft_old_files_wait(o);
     if (!o->n) return;
-    old_batch *b = malloc(sizeof *b);
-    pthread_t *th = malloc(sizeof *th);
-    if (b) {
-        b->n = o->n;
-        for (int i = 0; i < o->n; i++) b->paths[i] = o->paths[i];
-        o->n = 0;
-    }
-    if (b && th && pthread_create(th, NULL, remove_batch, b) == 0) {
-        o->thread = th;
-        return;
-    }
-    free(th);
-    if (b) {
-        remove_batch(b);
-        return;
-    }
-    for (int i = 0; i < o->n; i++) { /* no memory for the batch: here, one by one */
-        unlink(o->paths[i]);
-        free(o->paths[i]);
-    }
+    for (int i = 0; i < o->n; i++) o->removing[i] = o->paths[i];
+    o->nremoving = o->n;
     o->n = 0;
+    o->running = pthread_create(&o->thread, NULL, remove_names, o) == 0;
+    if (!o->running) remove_names(o);
 }
 
 void graft_old_files_wait(graft_old_files *o) {
-    if (!o->thread) return;
-    pthread_t *th = o->thread;
-    pthread_join(*th, NULL);
-    free(th);
-    o->thread = NULL;
+    if (o->running) pthread_join(o->thread, NULL);
+    o->running = false;
 }

@@ -18,6 +18,8 @@
 #ifndef GRAFT_IO_ATOMIC_FILE_H
 #define GRAFT_IO_ATOMIC_FILE_H
 
+#include <pthread.h>
+#include <stdbool.h>
 #include <stddef.h>
 
 #include "graft/graft.h"
@@ -64,9 +66,12 @@ graft_status graft_atomic_link(const char *existing, const char *path);
  * Start from a zeroed struct. */
 #define GRAFT_OLD_FILES_MAX 4
 typedef struct graft_old_files {
-    char *paths[GRAFT_OLD_FILES_MAX]; /* second names, owned */
+    char *paths[GRAFT_OLD_FILES_MAX];    /* second names kept, owned */
     int n;
-    void *thread;                     /* a pthread_t while the removals run */
+    char *removing[GRAFT_OLD_FILES_MAX]; /* those released, the thread's until it ends */
+    int nremoving;
+    pthread_t thread;
+    bool running;
 } graft_old_files;
 
 /* Gives path's file the second name, unless path does not exist, the file system has no

@@ -403,28 +403,39 @@ graft_status graft_conv2d_forward_avx512(const graft_conv2d_geom *g, const float
 
 static int64_t rounded_oc(const graft_conv2d_geom *g) { return (g->oc + MR - 1) / MR * MR; }
 
-/* The transformed weights are 16/9 the size of the weights, all held at once: layers whose
- * U would pass the conv workspace's default bound (64 MiB; VGG's and ResNet's largest 3x3
- * layers need 16 MiB) take the implicit GEMM, which needs no copy of the weights. */
-bool graft_conv2d_winograd_fits(const graft_conv2d_geom *g) {
+/* Winograd F(t x t, 3x3) for an output tile t of 2 or 4: (t + 2)^2 transformed elements
+ * per tile and channel pair. */
+static int64_t wg_elements(int64_t tile) { return (tile + 2) * (tile + 2); }
+
+/* The transformed weights are (t + 2)^2 / 9 the size of the weights, all held at once:
+ * layers whose U would pass the conv workspace's default bound (64 MiB; VGG's and ResNet's
+ * largest 3x3 layers need 16 MiB with F(2x2, 3x3)) take another kernel, the implicit GEMM
+ * needing no copy of the weights. */
+static bool wg_fits(const graft_conv2d_geom *g, int64_t tile) {
     return g->kh == 3 && g->kw == 3 && g->sh == 1 && g->sw == 1 && g->ph == 1 && g->pw == 1 &&
-           graft_conv2d_avx512_fits(g) && (g->oh + 1) / 2 * ((g->ow + 1) / 2) * g->n < INT32_MAX / NR &&
-           rounded_oc(g) <= (int64_t)(GRAFT_CONV2D_WORKSPACE_LIMIT_FLOATS / 16) / g->c;
+           graft_conv2d_avx512_fits(g) &&
+           (g->oh + tile - 1) / tile * ((g->ow + tile - 1) / tile) * g->n < INT32_MAX / NR &&
+           rounded_oc(g) <= (int64_t)(GRAFT_CONV2D_WORKSPACE_LIMIT_FLOATS / wg_elements(tile)) / g->c;
 }
 
-static size_t wg_thread_floats(const graft_conv2d_geom *g) {
-    size_t f = (size_t)(16 * g->c * NR) + (size_t)(16 * WG_OB * NR); /* V, and a block of M */
+/* Each thread's V [elements][c][NR] and block of M [elements][WG_OB][NR]. */
+static size_t wg_thread_floats(const graft_conv2d_geom *g, int64_t tile) {
+    size_t f = (size_t)(wg_elements(tile) * (g->c + WG_OB) * NR);
     return (f + CACHE_LINE_FLOATS - 1) / CACHE_LINE_FLOATS * CACHE_LINE_FLOATS;
 }
 
-size_t graft_conv2d_winograd_workspace_floats(const graft_conv2d_geom *g) {
-    return (size_t)(16 * rounded_oc(g) * g->c) + (size_t)graft_num_threads() * wg_thread_floats(g) +
-           2 * CACHE_LINE_FLOATS;
+static size_t wg_workspace_floats(const graft_conv2d_geom *g, int64_t tile) {
+    return (size_t)(wg_elements(tile) * rounded_oc(g) * g->c) +
+           (size_t)graft_num_threads() * wg_thread_floats(g, tile) + 2 * CACHE_LINE_FLOATS;
 }
+
+bool graft_conv2d_winograd_fits(const graft_conv2d_geom *g) { return wg_fits(g, 2); }
+size_t graft_conv2d_winograd_workspace_floats(const graft_conv2d_geom *g) { return wg_workspace_floats(g, 2); }
 
 typedef struct wg_job {
     const graft_conv2d_geom *g;
-    int64_t th, tw;            /* the tile grid: ceil(oh / 2) x ceil(ow / 2) */
+    int64_t tile;              /* 2: F(2x2, 3x3) (wg_unit); 4: F(4x4, 3x3) (wg4_unit) */
+    int64_t th, tw;            /* the tile grid: ceil(oh / tile) x ceil(ow / tile) */
     const float *x, *w, *b;
     float *y;
     float *u;                  /* U [16][ocp][c] */
@@ -434,7 +445,6 @@ typedef struct wg_job {
     int64_t tiles;             /* n * th * tw */
     int64_t blocks;            /* ceil(tiles / NR) */
     int64_t row_parts, units;
-    bool f4;                   /* F(4x4, 3x3) (wg4_unit) instead of F(2x2, 3x3) */
 } wg_job;
 
 /* U rows [begin, end) of every e: U_e[o][ci] = (G g[o][ci] G^T)[e], 16 channels at a time
@@ -738,7 +748,7 @@ AVX512 static void wg_task(void *arg, int64_t begin, int64_t end) {
             int64_t part = u / j->blocks, blk = u % j->blocks;
             int64_t m0 = mtiles * part / j->row_parts * MR, m1 = mtiles * (part + 1) / j->row_parts * MR;
             if (m1 > j->g->oc) m1 = j->g->oc;
-            if (m0 < m1 && j->f4)
+            if (m0 < m1 && j->tile == 4)
                 wg4_unit(j, scratch, m0, m1, blk);
             else if (m0 < m1)
                 wg_unit(j, scratch, m0, m1, blk);
@@ -746,35 +756,36 @@ AVX512 static void wg_task(void *arg, int64_t begin, int64_t end) {
     }
 }
 
-/* Lays out scratch for j (U, then each thread's part), transforms the weights with
- * weights_range and runs the tiles on the pool. */
-static void wg_start(wg_job *j, float *scratch, int64_t elements, size_t thread_floats,
-                   void (*weights_range)(void *, int64_t, int64_t)) {
-    const graft_conv2d_geom *g = j->g;
+AVX512 static void wg4_weights_range(void *arg, int64_t begin, int64_t end);
+
+/* Runs F(tile x tile, 3x3) on scratch (wg_workspace_floats): lays out U, then each
+ * thread's part, transforms the weights and runs the tiles on the pool. */
+static void wg_convolve(const graft_conv2d_geom *g, int64_t tile, const float *x, const float *w, const float *b,
+                        float *y, float *scratch) {
+    wg_job j = {.g = g, .tile = tile, .th = (g->oh + tile - 1) / tile, .tw = (g->ow + tile - 1) / tile, .x = x,
+                .w = w, .b = b, .y = y, .ocp = rounded_oc(g)};
     int threads = graft_num_threads();
     uintptr_t addr = (uintptr_t)scratch, align = CACHE_LINE_FLOATS * sizeof(float);
-    j->u = (float *)((addr + align - 1) / align * align);
-    addr = (uintptr_t)(j->u + (size_t)(elements * j->ocp * g->c));
-    j->scratch = (float *)((addr + align - 1) / align * align);
-    j->scratch_stride = thread_floats;
-    graft_parallel_for(j->ocp, 1 + 4096 / (9 * g->c), weights_range, j);
-    j->tiles = g->n * j->th * j->tw;
-    j->blocks = (j->tiles + NR - 1) / NR;
-    int64_t mtiles = j->ocp / MR;
+    j.u = (float *)((addr + align - 1) / align * align);
+    addr = (uintptr_t)(j.u + (size_t)(wg_elements(tile) * j.ocp * g->c));
+    j.scratch = (float *)((addr + align - 1) / align * align);
+    j.scratch_stride = wg_thread_floats(g, tile);
+    graft_parallel_for(j.ocp, 1 + 4096 / (9 * g->c), tile == 4 ? wg4_weights_range : wg_weights_range, &j);
+    j.tiles = g->n * j.th * j.tw;
+    j.blocks = (j.tiles + NR - 1) / NR;
+    int64_t mtiles = j.ocp / MR;
     /* As the direct kernel: few blocks of tiles (deep layers, small images) split the
      * output channels too, so that every thread has a share. */
-    j->row_parts = j->blocks >= (j->f4 ? WG4_WHOLE : 8) * threads ? 1 : (mtiles < threads ? mtiles : threads);
-    j->units = j->row_parts * j->blocks;
-    graft_parallel_for(threads, 1, wg_task, j);
+    j.row_parts = j.blocks >= (tile == 4 ? WG4_WHOLE : 8) * threads ? 1 : (mtiles < threads ? mtiles : threads);
+    j.units = j.row_parts * j.blocks;
+    graft_parallel_for(threads, 1, wg_task, &j);
 }
 
 graft_status graft_conv2d_forward_winograd(const graft_conv2d_geom *g, const float *x, const float *w,
                                            const float *b, float *y, float *scratch) {
-    if (!graft_conv2d_winograd_fits(g))
+    if (!wg_fits(g, 2))
         return graft_error(GRAFT_ERR_UNSUPPORTED, "conv2d: Winograd needs a 3x3, stride-1, padding-1 kernel");
-    wg_job j = {.g = g, .th = (g->oh + 1) / 2, .tw = (g->ow + 1) / 2, .x = x, .w = w, .b = b, .y = y,
-                .ocp = rounded_oc(g)};
-    wg_start(&j, scratch, 16, wg_thread_floats(g), wg_weights_range);
+    wg_convolve(g, 2, x, w, b, y, scratch);
     return GRAFT_OK;
 }
 
@@ -801,23 +812,10 @@ graft_status graft_conv2d_forward_winograd(const graft_conv2d_geom *g, const flo
  * tile l's, with the lanes in the padding masked off; each sum over ci runs in order,
  * so an output does not depend on the thread count or on the batch. */
 
-#define W4_E 36 /* 6 x 6 */
+#define W4_E 36 /* wg_elements(4): 6 x 6 */
 
-bool graft_conv2d_winograd4_fits(const graft_conv2d_geom *g) {
-    return g->kh == 3 && g->kw == 3 && g->sh == 1 && g->sw == 1 && g->ph == 1 && g->pw == 1 &&
-           graft_conv2d_avx512_fits(g) && (g->oh + 3) / 4 * ((g->ow + 3) / 4) * g->n < INT32_MAX / NR &&
-           rounded_oc(g) <= (int64_t)(GRAFT_CONV2D_WORKSPACE_LIMIT_FLOATS / W4_E) / g->c;
-}
-
-static size_t wg4_thread_floats(const graft_conv2d_geom *g) {
-    size_t f = (size_t)(W4_E * g->c * NR) + (size_t)(W4_E * WG_OB * NR); /* V, and a block of M */
-    return (f + CACHE_LINE_FLOATS - 1) / CACHE_LINE_FLOATS * CACHE_LINE_FLOATS;
-}
-
-size_t graft_conv2d_winograd4_workspace_floats(const graft_conv2d_geom *g) {
-    return (size_t)(W4_E * rounded_oc(g) * g->c) + (size_t)graft_num_threads() * wg4_thread_floats(g) +
-           2 * CACHE_LINE_FLOATS;
-}
+bool graft_conv2d_winograd4_fits(const graft_conv2d_geom *g) { return wg_fits(g, 4); }
+size_t graft_conv2d_winograd4_workspace_floats(const graft_conv2d_geom *g) { return wg_workspace_floats(g, 4); }
 
 /* G v for the three taps a, b, d of a kernel column (or row), into t [6]. */
 AVX512_INLINE void wg4_g(__m512 a, __m512 b, __m512 d, __m512 t[6]) {
@@ -921,9 +919,8 @@ AVX512 static void wg4_input_transform(const float *xc, int64_t w, const wg4_til
         __m512 d[6];
         for (int r = 0; r < 6; r++) {
             __mmask16 k = tp->inside[grp][r][col];
-            d[r] = k ? _mm512_mask_i32gather_ps(_mm512_setzero_ps(), k,
-                                                _mm512_add_epi32(base, _mm512_set1_epi32((int32_t)(r * w + col))), xc, 4)
-                     : _mm512_setzero_ps();
+            __m512i at = _mm512_add_epi32(base, _mm512_set1_epi32((int32_t)(r * w + col)));
+            d[r] = k ? _mm512_mask_i32gather_ps(_mm512_setzero_ps(), k, at, xc, 4) : _mm512_setzero_ps();
         }
         wg4_bt(d, t[col]);
     }
@@ -1012,11 +1009,9 @@ AVX512 static void wg4_unit(const wg_job *j, float *scratch, int64_t m0, int64_t
 
 graft_status graft_conv2d_forward_winograd4(const graft_conv2d_geom *g, const float *x, const float *w,
                                             const float *b, float *y, float *scratch) {
-    if (!graft_conv2d_winograd4_fits(g))
+    if (!wg_fits(g, 4))
         return graft_error(GRAFT_ERR_UNSUPPORTED, "conv2d: Winograd needs a 3x3, stride-1, padding-1 kernel");
-    wg_job j = {.g = g, .th = (g->oh + 3) / 4, .tw = (g->ow + 3) / 4, .x = x, .w = w, .b = b, .y = y,
-                .ocp = rounded_oc(g), .f4 = true};
-    wg_start(&j, scratch, W4_E, wg4_thread_floats(g), wg4_weights_range);
+    wg_convolve(g, 4, x, w, b, y, scratch);
     return GRAFT_OK;
 }
 

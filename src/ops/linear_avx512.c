@@ -132,8 +132,8 @@ AVX512 static void write_outputs(int64_t mn, int64_t jlo, int64_t jhi, const flo
         __m512 bias = b ? _mm512_maskz_loadu_ps(k, b + j0) : _mm512_setzero_ps();
         const float *src = yt + (j0 - jlo) * MB;
         for (int64_t m = 0; m < mn; m++) {
-            __m512 v = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), k, _mm512_add_epi32(cols, _mm512_set1_epi32((int32_t)m)),
-                                                src, 4);
+            __m512i at = _mm512_add_epi32(cols, _mm512_set1_epi32((int32_t)m));
+            __m512 v = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), k, at, src, 4);
             _mm512_mask_storeu_ps(y + m * ldy + j0, k, _mm512_add_ps(v, bias));
         }
     }
@@ -756,9 +756,6 @@ uint64_t graft_linear_sparse_dy_count(void) {
 }
 
 #if HAVE_AVX512_BUILD
-/* Packs dy (as tiles, or as lists of its nonzeros) and x for the weight gradient into
- * ctx's workspace, with extra_per_slab more floats per slab after them (cache-line
- * aligned) in *extra_out; fills *jb.  False: no memory. */
 /* The weight gradient's lists of dy's nonzeros (wgrad_job.start, at, val): counted by
  * column, then filled, 16 columns at a time, each column's entries in order of m (the
  * scalar loops this replaces branched on every element, about half of them mispredicted
@@ -790,6 +787,9 @@ AVX512 static void dy_lists(int64_t n, int64_t out, const float *dy, int32_t *st
     }
 }
 
+/* Packs dy (as tiles, or as lists of its nonzeros) and x for the weight gradient into
+ * ctx's workspace, with extra_per_slab more floats per slab after them (cache-line
+ * aligned) in *extra_out; fills *jb.  False: no memory. */
 static bool wgrad_prepare(graft_ctx *ctx, int64_t n, int64_t in, int64_t out, const float *dy, const float *x,
                           float *dw, size_t extra_per_slab, wgrad_job *jb, float **extra_out) {
     int64_t otiles = (out + OR - 1) / OR, panels = (in + MB - 1) / MB, slabs = slab_count(otiles);

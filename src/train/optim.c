@@ -518,7 +518,7 @@ AVX512_FN static void sgd_range_fma(void *arg, int64_t b, int64_t e) {
     if (u->subnormal_ints) sgd_momentum_subnormal(u, b, e);
     else sgd_select(u, b, e, true);
 }
-__attribute__((target("avx512f"))) static void adam_range_fma(void *arg, int64_t b, int64_t e) {
+AVX512_FN static void adam_range_fma(void *arg, int64_t b, int64_t e) {
     adam_select(arg, b, e, true);
 }
 #else

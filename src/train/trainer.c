@@ -201,7 +201,6 @@ static graft_status build_data(trainer *t) {
     return GRAFT_OK;
 }
 
-
 /* Loader options from the run's configuration: unshuffled; the test split's with the
  * seed after the training one's. */
 static graft_loader_options loader_options(const trainer *t, int64_t batch, bool test) {
@@ -212,6 +211,7 @@ static graft_loader_options loader_options(const trainer *t, int64_t batch, bool
     lo.seed = t->c.seed + (test ? 1 : 0);
     return lo;
 }
+
 static graft_status build_loaders(trainer *t) {
     const graft_train_config *c = &t->c;
     graft_status s;
