@@ -403,12 +403,17 @@ AVX512 static void dxs_pair(uint64_t ma, uint64_t mb, bool first, const float *v
 
 /* w [pc rows (stride ldw), width inputs] into wp: blocks of DX_IB inputs, each
  * [DX_PC][DX_IB] (zero past width), each row read as one run; whether every element
- * copied is finite. */
+ * copied is finite.  Each row's run prefetches the same run of the row below, the next
+ * one copied (the chunk after this one starts there): a run of the recipe's layer is one
+ * 4 KiB page, where the hardware's prefetcher stops, and its first lines waited on memory
+ * (4096 x 4096 at 25% nonzero: the input gradient 10.2-10.3 -> 9.4-9.7 ms; a prefetch
+ * past the weight's end is harmless). */
 AVX512 static bool dx_pack_checked(const float *w, int64_t ldw, int64_t pc, int64_t width, float *wp) {
     __m512i seen = _mm512_setzero_si512();
     for (int64_t p = 0; p < pc; p++)
         for (int64_t i = 0; i < (width + DX_IB - 1) / DX_IB * DX_IB; i += LANES) {
             __m512 x = _mm512_maskz_loadu_ps(lane_mask(width - i), w + p * ldw + i);
+            _mm_prefetch((const char *)(w + (p + 1) * ldw + i), _MM_HINT_T0);
             seen = track_exponent(seen, x);
             _mm512_store_ps(wp + (i / DX_IB * DX_PC + p) * DX_IB + i % DX_IB, x);
         }
@@ -666,8 +671,13 @@ static void wgrad_sink_slab(void *arg, int64_t begin, int64_t end) {
             for (int64_t r0 = rlo; r0 < rhi; r0 += SINK_ROWS) {
                 int64_t r1 = rhi - r0 < SINK_ROWS ? rhi : r0 + SINK_ROWS;
                 wgrad_block(jb, r0, r1, k1, k2, block, SINK_LD);
-                for (int64_t r = r0; r < r1; r++)
-                    sj->sink->piece(sj->sink->user, r * jb->in + k1, r * jb->in + k2, block + (r - r0) * SINK_LD);
+                for (int64_t r = r0; r < r1; r++) {
+                    /* the row below, same columns (the next block starts there), or the
+                       slab's first row in the next columns */
+                    int64_t next = r + 1 < rhi ? (r + 1) * jb->in + k1 : k2 < jb->in ? rlo * jb->in + k2 : -1;
+                    sj->sink->piece(sj->sink->user, r * jb->in + k1, r * jb->in + k2, next,
+                                    block + (r - r0) * SINK_LD);
+                }
             }
         }
     }

@@ -634,8 +634,16 @@ static void sink_begin(void *user) {
 
 /* Elements [begin, end) of the parameter with gradient g [0, end - begin): the same
  * loops as graft_optim_step, on this range, in the calling (pool) thread (a folded
- * parameter under SGD scales its gradient first, in place, as that step does). */
-static void sink_piece(void *user, int64_t begin, int64_t end, float *g) {
+ * parameter under SGD scales its gradient first, in place, as that step does).  Where
+ * the kernel says where its next range begins, the range is updated SINK_PREFETCH
+ * elements at a time, each part first prefetching the same part of the next range in
+ * the parameter and its state: the recipe's kernel passes runs of 4 KiB, one page each,
+ * where the hardware's prefetcher stops, and the loops waited on memory at the start of
+ * every run (4096 x 4096 with a quarter of dy nonzero, the weight gradient and SGD
+ * update: 14.2 -> 13.1 ms; docs/performance.md). */
+#define SINK_PREFETCH 128
+
+static void sink_piece(void *user, int64_t begin, int64_t end, int64_t next, float *g) {
     const sink_state *st = user;
     if (st->slot->fold != 1.0 && st->opt->o.kind == GRAFT_OPTIM_SGD) {
         float f = (float)st->slot->fold;
@@ -647,7 +655,19 @@ static void sink_piece(void *user, int64_t begin, int64_t end, float *g) {
     if (u.buf) u.buf += begin;
     if (u.sq) u.sq += begin;
     if (u.sq_max) u.sq_max += begin;
-    update_range(st->opt)(&u, 0, end - begin);
+    void (*range)(void *, int64_t, int64_t) = update_range(st->opt);
+    if (next < 0 || next + (end - begin) > st->slot->n) {
+        range(&u, 0, end - begin);
+        return;
+    }
+    const float *ahead[4] = {st->u.p + next, st->u.buf ? st->u.buf + next : NULL, st->u.sq ? st->u.sq + next : NULL,
+                             st->u.sq_max ? st->u.sq_max + next : NULL};
+    for (int64_t c = 0; c < end - begin; c += SINK_PREFETCH) {
+        int64_t ce = end - begin - c < SINK_PREFETCH ? end - begin : c + SINK_PREFETCH;
+        for (int a = 0; a < 4 && ahead[a]; a++)
+            for (int64_t i = c; i < ce; i += 16) __builtin_prefetch(ahead[a] + i, 1, 3);
+        range(&u, c, ce);
+    }
 }
 
 graft_status graft_optim_sink(graft_optim *opt, const graft_tensor *value, const graft_grad_sink **sink) {

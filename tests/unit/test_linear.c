@@ -254,27 +254,43 @@ static void test_avx512_kernels_are_the_same_for_any_thread_count(void **state) 
 typedef struct collector {
     float *got;
     int *visits;
-    int begins, early_pieces;
+    bool *starts, *hinted; /* where pieces began; where a piece said the next would */
+    int64_t count;
+    int begins, early_pieces, bad_hints;
     pthread_mutex_t lock;
 } collector;
 
 /* c collects pieces of count elements: got all NaN, no visits yet. */
 static void collector_init(collector *c, int64_t count) {
-    *c = (collector){.got = float_filled(count, NAN), .visits = calloc((size_t)count, sizeof(int))};
+    *c = (collector){.got = float_filled(count, NAN), .visits = calloc((size_t)count, sizeof(int)),
+                     .starts = calloc((size_t)count, sizeof(bool)), .hinted = calloc((size_t)count, sizeof(bool)),
+                     .count = count};
     pthread_mutex_init(&c->lock, NULL);
+}
+
+/* Every element visited once, and every prefetch hint the start of a piece. */
+static void assert_collected_once(const collector *c) {
+    assert_int_equal(c->bad_hints, 0);
+    for (int64_t k = 0; k < c->count; k++) {
+        assert_int_equal(c->visits[k], 1);
+        if (c->hinted[k]) assert_true(c->starts[k]);
+    }
 }
 
 static void collector_release(collector *c) {
     pthread_mutex_destroy(&c->lock);
-    free(c->got), free(c->visits);
+    free(c->got), free(c->visits), free(c->starts), free(c->hinted);
 }
 
 static void collect_begin(void *user) { ((collector *)user)->begins++; }
 
-static void collect_piece(void *user, int64_t begin, int64_t end, float *g) {
+static void collect_piece(void *user, int64_t begin, int64_t end, int64_t next, float *g) {
     collector *c = user;
     pthread_mutex_lock(&c->lock);
     if (!c->begins) c->early_pieces++;
+    c->starts[begin] = true;
+    if (next >= c->count || next < -1) c->bad_hints++;
+    else if (next >= 0) c->hinted[next] = true;
     for (int64_t i = begin; i < end; i++) {
         c->got[i] = g[i - begin];
         c->visits[i]++;
@@ -307,7 +323,7 @@ static void test_weight_grad_to_sink_gives_the_stored_bits(void **state) {
                 graft_linear_set_kernel(GRAFT_LINEAR_AUTO);
                 assert_int_equal(c.begins, 1);
                 assert_int_equal(c.early_pieces, 0);
-                for (int64_t k = 0; k < s.out * s.in; k++) assert_int_equal(c.visits[k], 1);
+                assert_collected_once(&c);
                 assert_memory_equal(c.got, dw, (size_t)(s.out * s.in) * sizeof(float));
             } else {
                 assert_int_equal(c.begins, 0);
@@ -397,7 +413,7 @@ static void test_weight_grad_from_nonzeros_gives_the_dense_bits(void **state) {
                 uint64_t before = graft_linear_sparse_dy_count();
                 assert_true(graft_linear_weight_grad_to_sink(&ctx, s.n, s.in, s.out, x, dy, &sink));
                 assert_int_equal(graft_linear_sparse_dy_count() != before, took);
-                for (int64_t j = 0; j < s.out * s.in; j++) assert_int_equal(c.visits[j], 1);
+                assert_collected_once(&c);
                 assert_memory_equal(c.got, dense, (size_t)(s.out * s.in) * sizeof(float));
 
                 double err = nonzeros_ref_err(&p, dy, sparse, false);
