@@ -168,6 +168,9 @@ static int bench_model(mode md, const options *o) {
             goto done;
         }
         graft_optim_fuse_linear(opt, m); /* as the trainer does */
+        graft_model_hold_frozen_weights(m, true); /* as the trainer does */
+    } else {
+        graft_model_hold_weights(m, true); /* as graft_classifier does */
     }
     times = malloc((size_t)o->iters * sizeof *times);
     if (!times) {

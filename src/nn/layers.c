@@ -77,7 +77,11 @@ static graft_status conv_run(graft_module *m, graft_ctx *ctx, graft_tensor *in, 
     g.relu = relu;
     if ((s = resize4(&m->out, g.n, g.oc, g.oh, g.ow))) return s;
     const float *b = m->nparams > 1 ? m->params[1].value.data : NULL;
-    if ((s = graft_conv2d_forward(ctx, &g, in->data, m->params[0].value.data, b, m->out.data))) return s;
+    const float *w = m->params[0].value.data;
+    if ((s = m->weights_held ? graft_conv2d_forward_held(ctx, &g, in->data, w, b, m->out.data,
+                                                         (graft_conv2d_held **)&m->aux)
+                             : graft_conv2d_forward(ctx, &g, in->data, w, b, m->out.data)))
+        return s;
     *out = &m->out;
     return GRAFT_OK;
 }
@@ -115,7 +119,21 @@ static void free_cfg(graft_module *m) {
     free(m->aux);
 }
 
-static const graft_module_type conv2d_type = {"Conv2d", conv_forward, conv_backward, conv_repr, free_cfg};
+static void conv_destroy(graft_module *m) {
+    free(m->cfg);
+    graft_conv2d_held_free(m->aux); /* the weights' transform, while held */
+}
+
+static const graft_module_type conv2d_type = {"Conv2d", conv_forward, conv_backward, conv_repr, conv_destroy};
+
+void graft_module_hold_weights(graft_module *m, bool hold) {
+    m->weights_held = hold;
+    if (!hold && m->type == &conv2d_type) {
+        graft_conv2d_held_free(m->aux);
+        m->aux = NULL;
+    }
+    for (int i = 0; i < m->nchildren; i++) graft_module_hold_weights(m->children[i], hold);
+}
 
 graft_module *graft_conv2d_new(int64_t in, int64_t out, int64_t kh, int64_t kw, int64_t sh,
                                int64_t sw, int64_t ph, int64_t pw, bool bias) {

@@ -36,6 +36,12 @@ bool graft_dropout_set_p(graft_module *m, double p);
 /* Dropout's probability (0 if m is not a Dropout). */
 double graft_dropout_p(const graft_module *m);
 bool graft_module_is(const graft_module *m, const char *type_name);
+/* Declares that nothing will change the weights of m's subtree until
+ * graft_module_hold_weights(m, false): meanwhile Conv2d keeps its weights' Winograd
+ * transform between forwards instead of redoing it at every call (ops.h,
+ * graft_conv2d_forward_held; the same outputs).  Releasing frees what was kept.  For
+ * passes of a frozen trunk over a dataset and for inference. */
+void graft_module_hold_weights(graft_module *m, bool hold);
 
 /* Runs steps[0..n) one after the other.  Backward goes in reverse and stops below the
  * lowest step that has trainable parameters, unless need_dx asks for the gradient

@@ -249,6 +249,12 @@ void graft_model_param_counts(const graft_model *m, int64_t *total, int64_t *tra
     if (trainable) *trainable = tr;
 }
 
+void graft_model_hold_weights(graft_model *m, bool hold) { graft_module_hold_weights(m->root, hold); }
+
+void graft_model_hold_frozen_weights(graft_model *m, bool hold) {
+    int n = graft_model_nsteps(m), trunk = graft_steps_first_trainable(graft_model_steps(m), n);
+    for (int i = 0; i < trunk; i++) graft_module_hold_weights(graft_model_steps(m)[i], hold);
+}
 void graft_model_set_training(graft_model *m, int training) { graft_module_set_training(m->root, training != 0); }
 int graft_model_training(const graft_model *m) { return m->root->training; }
 static void set_dropout(graft_module *mod, double p) {

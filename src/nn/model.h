@@ -44,6 +44,11 @@ graft_param *graft_model_state_param(const graft_model *m, size_t i);
  * through graft_model_grad) every gradient reads as after graft_model_zero_grad.  For
  * callers that do not read gradients through pointers kept from before (the trainer). */
 void graft_model_zero_grad_lazy(graft_model *m);
+/* graft_module_hold_weights on the whole model (inference), or on the steps below the
+ * first with trainable parameters (frozen ones: nothing changes their weights while
+ * training). */
+void graft_model_hold_weights(graft_model *m, bool hold);
+void graft_model_hold_frozen_weights(graft_model *m, bool hold);
 
 /* Input channels the model expects (its first convolution's), or -1. */
 int64_t graft_model_in_channels(const graft_model *m);

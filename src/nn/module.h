@@ -73,6 +73,8 @@ struct graft_module {
     int nbuffers;
     bool training;
     bool need_dx;             /* set by the container before backward */
+    bool weights_held;        /* graft_module_hold_weights: forwards may keep the weights'
+                               * transforms, the weights do not change meanwhile */
     graft_tensor out;         /* forward output (owned, or a view of the input) */
     graft_tensor dx;          /* gradient w.r.t. the input (owned, or a view) */
     const graft_tensor *in;   /* input of the last forward */

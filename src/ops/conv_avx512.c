@@ -758,19 +758,26 @@ AVX512 static void wg_task(void *arg, int64_t begin, int64_t end) {
 
 AVX512 static void wg4_weights_range(void *arg, int64_t begin, int64_t end);
 
+/* U for g's weights w into u (wg_elements(tile) * rounded_oc(g) * c floats), on the pool. */
+static void wg_prepare(const graft_conv2d_geom *g, int64_t tile, const float *w, float *u) {
+    wg_job j = {.g = g, .tile = tile, .w = w, .u = u, .ocp = rounded_oc(g)};
+    graft_parallel_for(j.ocp, 1 + 4096 / (9 * g->c), tile == 4 ? wg4_weights_range : wg_weights_range, &j);
+}
+
 /* Runs F(tile x tile, 3x3) on scratch (wg_workspace_floats): lays out U, then each
- * thread's part, transforms the weights and runs the tiles on the pool. */
+ * thread's part, transforms the weights and runs the tiles on the pool.  With u, U
+ * prepared before (wg_prepare), scratch holds the threads' parts only. */
 static void wg_convolve(const graft_conv2d_geom *g, int64_t tile, const float *x, const float *w, const float *b,
-                        float *y, float *scratch) {
+                        float *y, float *scratch, const float *u) {
     wg_job j = {.g = g, .tile = tile, .th = (g->oh + tile - 1) / tile, .tw = (g->ow + tile - 1) / tile, .x = x,
                 .w = w, .b = b, .y = y, .ocp = rounded_oc(g)};
     int threads = graft_num_threads();
     uintptr_t addr = (uintptr_t)scratch, align = CACHE_LINE_FLOATS * sizeof(float);
-    j.u = (float *)((addr + align - 1) / align * align);
-    addr = (uintptr_t)(j.u + (size_t)(wg_elements(tile) * j.ocp * g->c));
+    j.u = u ? (float *)u : (float *)((addr + align - 1) / align * align); /* the kernels only read U */
+    if (!u) addr = (uintptr_t)(j.u + (size_t)(wg_elements(tile) * j.ocp * g->c));
     j.scratch = (float *)((addr + align - 1) / align * align);
     j.scratch_stride = wg_thread_floats(g, tile);
-    graft_parallel_for(j.ocp, 1 + 4096 / (9 * g->c), tile == 4 ? wg4_weights_range : wg_weights_range, &j);
+    if (!u) wg_prepare(g, tile, w, j.u);
     j.tiles = g->n * j.th * j.tw;
     j.blocks = (j.tiles + NR - 1) / NR;
     int64_t mtiles = j.ocp / MR;
@@ -785,7 +792,7 @@ graft_status graft_conv2d_forward_winograd(const graft_conv2d_geom *g, const flo
                                            const float *b, float *y, float *scratch) {
     if (!wg_fits(g, 2))
         return graft_error(GRAFT_ERR_UNSUPPORTED, "conv2d: Winograd needs a 3x3, stride-1, padding-1 kernel");
-    wg_convolve(g, 2, x, w, b, y, scratch);
+    wg_convolve(g, 2, x, w, b, y, scratch, NULL);
     return GRAFT_OK;
 }
 
@@ -1011,7 +1018,34 @@ graft_status graft_conv2d_forward_winograd4(const graft_conv2d_geom *g, const fl
                                             const float *b, float *y, float *scratch) {
     if (!wg_fits(g, 4))
         return graft_error(GRAFT_ERR_UNSUPPORTED, "conv2d: Winograd needs a 3x3, stride-1, padding-1 kernel");
-    wg_convolve(g, 4, x, w, b, y, scratch);
+    wg_convolve(g, 4, x, w, b, y, scratch, NULL);
+    return GRAFT_OK;
+}
+
+/* ---- weights transformed once ------------------------------------------------------- */
+
+static bool wg_tile_fits(const graft_conv2d_geom *g, int tile) { return (tile == 2 || tile == 4) && wg_fits(g, tile); }
+
+size_t graft_conv2d_winograd_weights_floats(const graft_conv2d_geom *g, int tile) {
+    return (size_t)(wg_elements(tile) * rounded_oc(g) * g->c);
+}
+
+size_t graft_conv2d_winograd_prepared_workspace_floats(const graft_conv2d_geom *g, int tile) {
+    return (size_t)graft_num_threads() * wg_thread_floats(g, tile) + CACHE_LINE_FLOATS;
+}
+
+graft_status graft_conv2d_winograd_prepare(const graft_conv2d_geom *g, int tile, const float *w, float *u) {
+    if (!wg_tile_fits(g, tile))
+        return graft_error(GRAFT_ERR_UNSUPPORTED, "conv2d: Winograd needs a 3x3, stride-1, padding-1 kernel");
+    wg_prepare(g, tile, w, u);
+    return GRAFT_OK;
+}
+
+graft_status graft_conv2d_forward_winograd_prepared(const graft_conv2d_geom *g, int tile, const float *x,
+                                                    const float *u, const float *b, float *y, float *scratch) {
+    if (!wg_tile_fits(g, tile))
+        return graft_error(GRAFT_ERR_UNSUPPORTED, "conv2d: Winograd needs a 3x3, stride-1, padding-1 kernel");
+    wg_convolve(g, tile, x, NULL, b, y, scratch, u);
     return GRAFT_OK;
 }
 
@@ -1054,6 +1088,27 @@ bool graft_conv2d_winograd4_fits(const graft_conv2d_geom *g) { return graft_conv
 graft_status graft_conv2d_forward_winograd4(const graft_conv2d_geom *g, const float *x, const float *w,
                                             const float *b, float *y, float *scratch) {
     return graft_conv2d_forward_winograd(g, x, w, b, y, scratch);
+}
+
+size_t graft_conv2d_winograd_weights_floats(const graft_conv2d_geom *g, int tile) {
+    (void)g, (void)tile;
+    return 0;
+}
+
+size_t graft_conv2d_winograd_prepared_workspace_floats(const graft_conv2d_geom *g, int tile) {
+    (void)g, (void)tile;
+    return 0;
+}
+
+graft_status graft_conv2d_winograd_prepare(const graft_conv2d_geom *g, int tile, const float *w, float *u) {
+    (void)g, (void)tile, (void)w, (void)u;
+    return graft_error(GRAFT_ERR_UNSUPPORTED, "conv2d: this build has no AVX-512 kernel");
+}
+
+graft_status graft_conv2d_forward_winograd_prepared(const graft_conv2d_geom *g, int tile, const float *x,
+                                                    const float *u, const float *b, float *y, float *scratch) {
+    (void)g, (void)tile, (void)x, (void)u, (void)b, (void)y, (void)scratch;
+    return graft_error(GRAFT_ERR_UNSUPPORTED, "conv2d: this build has no AVX-512 kernel");
 }
 
 #endif

@@ -81,5 +81,15 @@ bool graft_conv2d_winograd4_fits(const graft_conv2d_geom *g);
 size_t graft_conv2d_winograd4_workspace_floats(const graft_conv2d_geom *g);
 graft_status graft_conv2d_forward_winograd4(const graft_conv2d_geom *g, const float *x, const float *w,
                                             const float *b, float *y, float *scratch);
+/* Either Winograd kernel (tile 2 or 4) in two steps, for weights that stay as they are
+ * between calls (graft_conv2d_forward_held): the weights transformed once into u
+ * (graft_conv2d_winograd_weights_floats(g, tile) floats, cache-line aligned), then
+ * forwards from u with scratch of graft_conv2d_winograd_prepared_workspace_floats; every
+ * output the same float as graft_conv2d_forward_winograd(4) gives. */
+size_t graft_conv2d_winograd_weights_floats(const graft_conv2d_geom *g, int tile);
+size_t graft_conv2d_winograd_prepared_workspace_floats(const graft_conv2d_geom *g, int tile);
+graft_status graft_conv2d_winograd_prepare(const graft_conv2d_geom *g, int tile, const float *w, float *u);
+graft_status graft_conv2d_forward_winograd_prepared(const graft_conv2d_geom *g, int tile, const float *x,
+                                                    const float *u, const float *b, float *y, float *scratch);
 
 #endif

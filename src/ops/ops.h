@@ -43,6 +43,16 @@ graft_status graft_conv2d_forward(graft_ctx *ctx, const graft_conv2d_geom *g, co
 graft_status graft_conv2d_backward(graft_ctx *ctx, const graft_conv2d_geom *g, const float *x,
                                    const float *w, const float *dy, float *dx, float *dw,
                                    float *db);
+/* graft_conv2d_forward for weights that stay as they are between calls (a frozen trunk
+ * over a dataset, a model loaded for inference): the Winograd kernels' transformed
+ * weights are kept in *held (created on the first call) and reused by later calls with
+ * the same weight array, kernel and sizes, instead of transformed at every call.  w must
+ * not change while *held keeps its transform: free it (graft_conv2d_held_free) first.
+ * Every output is the same float as graft_conv2d_forward gives. */
+typedef struct graft_conv2d_held graft_conv2d_held;
+graft_status graft_conv2d_forward_held(graft_ctx *ctx, const graft_conv2d_geom *g, const float *x, const float *w,
+                                       const float *b, float *y, graft_conv2d_held **held);
+void graft_conv2d_held_free(graft_conv2d_held *h);
 void graft_ref_conv2d_forward(const graft_conv2d_geom *g, const double *x, const double *w,
                               const double *b, double *y);
 void graft_ref_conv2d_backward(const graft_conv2d_geom *g, const double *x, const double *w,

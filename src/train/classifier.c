@@ -9,6 +9,7 @@
 #include "core/tensor.h"
 #include "data/image.h"
 #include "data/transforms.h"
+#include "nn/model.h"
 #include "train/checkpoint.h"
 
 struct graft_classifier {
@@ -41,6 +42,7 @@ graft_status graft_classifier_open(const char *checkpoint, graft_classifier **ou
         return s;
     }
     graft_model_set_training(c->model, 0);
+    graft_model_hold_weights(c->model, true); /* nothing changes them: transforms kept between calls */
     *out = c;
     return GRAFT_OK;
 }

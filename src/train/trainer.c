@@ -851,7 +851,11 @@ graft_status graft_train(const graft_train_config *config, const graft_train_cal
     if (!s && state) s = restore_state(&t, state);
     graft_tensor_map_free(state);
     if (!s) summary(&t);
+    /* the frozen trunk's weights stay as loaded: its convolutions keep their transforms
+       between batches, while the cache is filled or, without it, for the whole run */
+    if (!s) graft_model_hold_frozen_weights(t.model, true);
     if (!s) s = setup_cache(&t);
+    if (!s && t.cached) graft_model_hold_frozen_weights(t.model, false); /* the trunk does not run again */
     if (!s) say(&t, "folding: %s", t.fold.note);
     if (!s) say(&t, "feature cache: %s", t.cache_note);
     if (!s) s = run_epochs(&t);

@@ -918,6 +918,53 @@ static void test_multi_chunk_backward_matches_single_chunk(void **state) {
     graft_ctx_release(&ctx);
 }
 
+/* Kept transforms (graft_conv2d_forward_held) give the plain forward's bits: on the first
+ * call, from the kept transform on later calls with other inputs, after a switch to
+ * another layer's weights and sizes (the transform redone), and with fresh weights in a
+ * fresh holder; for every kernel (those without a transform to keep run as usual). */
+static void check_held(graft_conv2d_kernel kernel, uint64_t seed) {
+    graft_ctx ctx;
+    graft_ctx_init(&ctx, 1);
+    graft_conv2d_set_kernel(kernel);
+    graft_conv2d_held *held = NULL;
+    for (int i = 0; i < COUNT(winograd_geoms); i++) {
+        problem p = make_problem(winograd_geoms[i], seed + (uint64_t)i);
+        p.g.relu = i % 2;
+        float *w = tu_to_float(p.w, p.nw), *b = tu_to_float(p.b, p.g.oc);
+        for (int call = 0; call < 3; call++) {
+            graft_rng r;
+            graft_rng_seed(&r, seed * 7 + (uint64_t)(i * 3 + call));
+            tu_fill(&r, p.x, p.nx, -1, 1);
+            float *x = tu_to_float(p.x, p.nx), *want = float_filled(p.ny, NAN), *got = float_filled(p.ny, NAN);
+            if (call == 2) { /* other weights: what was held is let go first */
+                for (int64_t k = 0; k < p.nw; k++) w[k] *= -0.5f;
+                graft_conv2d_held_free(held);
+                held = NULL;
+            }
+            assert_int_equal(graft_conv2d_forward(&ctx, &p.g, x, w, b, want), GRAFT_OK);
+            assert_int_equal(graft_conv2d_forward_held(&ctx, &p.g, x, w, b, got, &held), GRAFT_OK);
+            assert_memory_equal(got, want, (size_t)p.ny * sizeof(float));
+            free(x), free(want), free(got);
+        }
+        free(w), free(b);
+        free_problem(&p);
+    }
+    graft_conv2d_held_free(held);
+    graft_conv2d_set_kernel(GRAFT_CONV2D_AUTO);
+    graft_ctx_release(&ctx);
+}
+
+static void test_held_forward_gives_the_same_bits(void **state) {
+    (void)state;
+    check_held(GRAFT_CONV2D_AUTO, 3100);
+    check_held(GRAFT_CONV2D_GEMM, 3200);
+    if (!graft_conv2d_avx512_available()) return;
+    check_held(GRAFT_CONV2D_WINOGRAD, 3300);
+    check_held(GRAFT_CONV2D_WINOGRAD4, 3400);
+    assert_int_equal(graft_set_num_threads(1), GRAFT_OK);
+    check_held(GRAFT_CONV2D_WINOGRAD4, 3500);
+}
+
 int main(void) {
     /* More threads than this machine may have cores, so the parallel loops always
      * split (and split unevenly) even on a one-core runner. */
@@ -942,6 +989,7 @@ int main(void) {
         cmocka_unit_test_teardown(test_avx512_results_do_not_depend_on_threads, reset_kernel),
         cmocka_unit_test_teardown(test_avx512_results_do_not_depend_on_the_batch, reset_kernel),
         cmocka_unit_test_teardown(test_fused_relu_matches_relu_after, reset_kernel),
+        cmocka_unit_test_teardown(test_held_forward_gives_the_same_bits, reset_kernel),
         cmocka_unit_test(test_fast_backward_accumulates_dw_and_db),
         cmocka_unit_test(test_fast_backward_overwrites_dx),
         cmocka_unit_test(test_ref_backward_accumulates_dw_db_and_overwrites_dx),

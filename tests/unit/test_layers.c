@@ -7,6 +7,7 @@
 #include <cmocka.h>
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "core/ctx.h"
@@ -143,6 +144,42 @@ static void sequential_backward_stops_below_the_lowest_trainable_layer(void **st
     graft_ctx_release(&ctx);
 }
 
+/* Conv2d under graft_module_hold_weights keeps its weights' transform (in its aux) and
+ * gives the bits of the usual forward; letting go frees it, and later weights count. */
+static void held_conv_gives_the_same_bits_and_lets_go(void **state) {
+    (void)state;
+    graft_ctx ctx;
+    graft_ctx_init(&ctx, 1);
+    graft_module *seq = graft_sequential_new();
+    assert_int_equal(graft_module_add(seq, "0", graft_conv2d_new(16, 24, 3, 3, 1, 1, 1, 1, true)), GRAFT_OK);
+    graft_module *conv = seq->children[0];
+    float *w = conv->params[0].value.data;
+    for (int64_t i = 0; i < graft_tensor_numel(&conv->params[0].value); i++) w[i] = (float)((i * 13) % 7) * 0.01f;
+    graft_tensor x = make4(4, 16, 8, 8), *y;
+    size_t bytes = (size_t)(4 * 24 * 8 * 8) * sizeof(float);
+    float *plain = malloc(bytes), *held = malloc(bytes);
+    for (int round = 0; round < 2; round++) {
+        assert_int_equal(graft_module_forward(seq, &ctx, &x, &y), GRAFT_OK);
+        memcpy(plain, y->data, bytes);
+        graft_module_hold_weights(seq, true);
+        assert_true(conv->weights_held);
+        for (int call = 0; call < 2; call++) {
+            assert_int_equal(graft_module_forward(seq, &ctx, &x, &y), GRAFT_OK);
+            assert_memory_equal(y->data, plain, bytes);
+        }
+        if (round == 0) memcpy(held, y->data, bytes);
+        graft_module_hold_weights(seq, false);
+        assert_false(conv->weights_held);
+        assert_null(conv->aux);
+        w[5] += 1.0f; /* the next round's weights */
+    }
+    assert_memory_not_equal(held, plain, bytes); /* the second round saw the new weights */
+    free(plain), free(held);
+    graft_module_free(seq);
+    graft_tensor_release(&x);
+    graft_ctx_release(&ctx);
+}
+
 static void linear_names_itself_and_both_shapes_on_mismatch(void **state) {
     (void)state;
     graft_ctx ctx;
@@ -168,6 +205,7 @@ int main(void) {
         cmocka_unit_test(batchnorm_refuses_one_value_per_channel_in_train_mode),
         cmocka_unit_test(sequential_backward_stops_below_the_lowest_trainable_layer),
         cmocka_unit_test(linear_names_itself_and_both_shapes_on_mismatch),
+        cmocka_unit_test(held_conv_gives_the_same_bits_and_lets_go),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     graft_threads_shutdown();
