@@ -664,8 +664,10 @@ static void sink_piece(void *user, int64_t begin, int64_t end, int64_t next, flo
                              st->u.sq_max ? st->u.sq_max + next : NULL};
     for (int64_t c = 0; c < end - begin; c += SINK_PREFETCH) {
         int64_t ce = end - begin - c < SINK_PREFETCH ? end - begin : c + SINK_PREFETCH;
-        for (int a = 0; a < 4 && ahead[a]; a++)
-            for (int64_t i = c; i < ce; i += 16) __builtin_prefetch(ahead[a] + i, 1, 3);
+        for (int a = 0; a < 4; a++)
+            if (ahead[a])
+                for (int64_t i = c; i < ce; i += 64 / (int64_t)sizeof(float)) /* a cache line */
+                    __builtin_prefetch(ahead[a] + i, 1, 3);
         range(&u, c, ce);
     }
 }
