@@ -130,6 +130,9 @@ graft_status graft_maxpool2d_geom_init(graft_pool2d_geom *g);
  * input plane; ties go to the first in row-major order, NaN wins, as in PyTorch. */
 void graft_maxpool2d_forward(const graft_pool2d_geom *g, const float *x, float *y,
                              int32_t *argmax);
+/* Whether MaxPool2d(2, 2) may take its AVX-512 loop where the CPU has it (the same
+ * outputs and indices as the scalar one); on by default.  Process-wide: for tests. */
+void graft_maxpool2d_set_avx512(bool on);
 void graft_maxpool2d_backward(const graft_pool2d_geom *g, const int32_t *argmax,
                               const float *dy, float *dx);
 void graft_ref_maxpool2d_forward(const graft_pool2d_geom *g, const double *x, double *y);

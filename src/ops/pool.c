@@ -15,6 +15,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "core/cpu.h"
 #include "core/error.h"
 #include "core/threads.h"
 #include "ops/ops.h"
@@ -78,6 +79,10 @@ graft_status graft_maxpool2d_geom_init(graft_pool2d_geom *g) {
 
 /* ---- MaxPool2d ------------------------------------------------------------ */
 
+static bool pool_avx512 = true;
+
+void graft_maxpool2d_set_avx512(bool on) { pool_avx512 = on; }
+
 typedef struct maxpool_args {
     const graft_pool2d_geom *g;
     const float *x, *dy;
@@ -122,12 +127,67 @@ static void maxpool_2x2_planes(const maxpool_args *a, int64_t begin, int64_t end
     }
 }
 
+#if GRAFT_HAVE_AVX512_BUILD
+#include <immintrin.h>
+#define AVX512_FN __attribute__((target("avx512f")))
+
+/* The same, 16 windows of a row at a time: the row pairs split into their even and odd
+ * columns (two permutes per row), then the scan's four steps as compares and masked moves
+ * — the first value, then each later one taken where greater or NaN — over the values and
+ * their offsets in the window.  A partial vector of windows is masked.  The scalar loop took
+ * 3.7% of the feature cache's pass; VGG16's features, against it, back to back: 587-598 ->
+ * 599-611 images/s at 32x32 and batch 64, 682-686 -> 686-696 at 256, 15.77 -> 16.05 at
+ * 224x224. */
+AVX512_FN static void maxpool_2x2_planes_avx512(const maxpool_args *a, int64_t begin, int64_t end) {
+    const graft_pool2d_geom *g = a->g;
+    int64_t w = g->w, oh = g->oh, ow = g->ow;
+    const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+    const __m512i odd = _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
+    const __m512i two_j = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+    for (int64_t p = begin; p < end; p++) {
+        const float *xp = a->x + p * g->h * w;
+        float *yp = a->y + p * oh * ow;
+        int32_t *ap = a->argmax_out + p * oh * ow;
+        for (int64_t i = 0; i < oh; i++) {
+            const float *r0 = xp + 2 * i * w, *r1 = r0 + w;
+            for (int64_t j0 = 0; j0 < ow; j0 += 16) {
+                int64_t lanes = ow - j0 < 16 ? ow - j0 : 16;
+                __mmask16 k = (__mmask16)((1u << lanes) - 1u);
+                __mmask16 klo = lanes >= 8 ? (__mmask16)0xFFFF : (__mmask16)((1u << (2 * lanes)) - 1u);
+                __mmask16 khi = lanes <= 8 ? (__mmask16)0 : (__mmask16)((1u << (2 * lanes - 16)) - 1u);
+                __m512 lo0 = _mm512_maskz_loadu_ps(klo, r0 + 2 * j0), hi0 = _mm512_maskz_loadu_ps(khi, r0 + 2 * j0 + 16);
+                __m512 lo1 = _mm512_maskz_loadu_ps(klo, r1 + 2 * j0), hi1 = _mm512_maskz_loadu_ps(khi, r1 + 2 * j0 + 16);
+                __m512 v[4] = {_mm512_permutex2var_ps(lo0, even, hi0), _mm512_permutex2var_ps(lo0, odd, hi0),
+                               _mm512_permutex2var_ps(lo1, even, hi1), _mm512_permutex2var_ps(lo1, odd, hi1)};
+                const int32_t step[4] = {0, 1, (int32_t)w, (int32_t)w + 1};
+                __m512 best = v[0];
+                __m512i off = _mm512_setzero_si512();
+                for (int t = 1; t < 4; t++) {
+                    __mmask16 take = _mm512_cmp_ps_mask(v[t], best, _CMP_GT_OQ) | _mm512_cmp_ps_mask(v[t], v[t], _CMP_UNORD_Q);
+                    best = _mm512_mask_mov_ps(best, take, v[t]);
+                    off = _mm512_mask_mov_epi32(off, take, _mm512_set1_epi32(step[t]));
+                }
+                __m512i at = _mm512_add_epi32(_mm512_add_epi32(off, two_j), _mm512_set1_epi32((int32_t)(2 * i * w + 2 * j0)));
+                _mm512_mask_storeu_ps(yp + i * ow + j0, k, best);
+                _mm512_mask_storeu_epi32(ap + i * ow + j0, k, at);
+            }
+        }
+    }
+}
+#endif
+
 static void maxpool_forward_planes(void *arg, int64_t begin, int64_t end) {
     const maxpool_args *a = arg;
     const graft_pool2d_geom *g = a->g;
     int64_t h = g->h, w = g->w, oh = g->oh, ow = g->ow;
     if (g->kh == 2 && g->kw == 2 && g->sh == 2 && g->sw == 2 && g->ph == 0 && g->pw == 0 && 2 * oh <= h &&
         2 * ow <= w) {
+#if GRAFT_HAVE_AVX512_BUILD
+        if (pool_avx512 && graft_cpu_avx512f()) {
+            maxpool_2x2_planes_avx512(a, begin, end);
+            return;
+        }
+#endif
         maxpool_2x2_planes(a, begin, end);
         return;
     }

@@ -6,8 +6,12 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <math.h>
+#include <stdlib.h>
+
 #include "testutil.h"
 
+#include "core/rng.h"
 #include "core/threads.h"
 #include "ops/ops.h"
 
@@ -389,6 +393,40 @@ static void adaptive_avgpool_fast_matches_reference(void **state) {
     }
 }
 
+/* MaxPool2d(2, 2)'s AVX-512 loop against its scalar one: the same maxima and indices,
+ * bit for bit, on widths that fill 16 windows, leave a partial vector or fit in one, odd
+ * heights and widths (the last row or column unused), values with ties (zeros of both
+ * signs) and NaNs. */
+static void maxpool_2x2_vector_loop_matches_the_scalar_one(void **state) {
+    (void)state;
+    static const int64_t sizes[][2] = {{32, 32}, {16, 16}, {8, 8}, {4, 4}, {2, 2}, {5, 70}, {7, 33}, {3, 3}, {2, 48}};
+    for (size_t t = 0; t < sizeof sizes / sizeof *sizes; t++) {
+        graft_pool2d_geom g = {.n = 2, .c = 3, .h = sizes[t][0], .w = sizes[t][1], .kh = 2, .kw = 2, .sh = 2,
+                               .sw = 2};
+        assert_int_equal(graft_maxpool2d_geom_init(&g), GRAFT_OK);
+        int64_t nx = g.n * g.c * g.h * g.w, ny = g.n * g.c * g.oh * g.ow;
+        float *x = malloc((size_t)nx * sizeof *x), *y[2];
+        int32_t *at[2];
+        graft_rng r;
+        graft_rng_seed(&r, 70 + t);
+        for (int64_t i = 0; i < nx; i++) {
+            uint64_t u = graft_rng_u64(&r) % 16;
+            x[i] = u < 5 ? 0.0f : u == 5 ? -0.0f : u == 6 ? NAN : u == 7 ? 1.0f : (float)graft_rng_uniform(&r) - 0.5f;
+        }
+        for (int k = 0; k < 2; k++) {
+            y[k] = malloc((size_t)ny * sizeof *y[k]);
+            at[k] = malloc((size_t)ny * sizeof *at[k]);
+            graft_maxpool2d_set_avx512(k == 1);
+            graft_maxpool2d_forward(&g, x, y[k], at[k]);
+        }
+        graft_maxpool2d_set_avx512(true);
+        assert_memory_equal(y[0], y[1], (size_t)ny * sizeof(float));
+        assert_memory_equal(at[0], at[1], (size_t)ny * sizeof(int32_t));
+        free(x);
+        for (int k = 0; k < 2; k++) free(y[k]), free(at[k]);
+    }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(maxpool_floor_mode_output_size),
@@ -407,6 +445,7 @@ int main(void) {
         cmocka_unit_test(maxpool_fast_matches_reference_resnet_stem),
         cmocka_unit_test(maxpool_fast_matches_reference_vgg_2x2),
         cmocka_unit_test(maxpool_fast_matches_reference_ceil_mode),
+        cmocka_unit_test(maxpool_2x2_vector_loop_matches_the_scalar_one),
         cmocka_unit_test(adaptive_avgpool_replicates_1x1_to_7x7),
         cmocka_unit_test(adaptive_avgpool_2x2_to_7x7_uses_overlapping_bins),
         cmocka_unit_test(adaptive_avgpool_5_to_3_uses_uneven_bins),
