@@ -103,27 +103,18 @@ typedef struct maxpool_args {
 
 /* VGG's MaxPool2d(2, 2): every window whole, four elements in the scan's order.
  * Starting from the first element is what starting from -inf gives (-inf itself is
- * not taken, but the index already points at it). */
-static void maxpool_2x2_planes(const maxpool_args *a, int64_t begin, int64_t end) {
-    const graft_pool2d_geom *g = a->g;
-    int64_t w = g->w, oh = g->oh, ow = g->ow;
-    for (int64_t p = begin; p < end; p++) {
-        const float *xp = a->x + p * g->h * w;
-        float *yp = a->y + p * oh * ow;
-        int32_t *ap = a->argmax_out + p * oh * ow;
-        for (int64_t i = 0; i < oh; i++) {
-            const float *r0 = xp + 2 * i * w, *r1 = r0 + w;
-            int32_t base = (int32_t)(2 * i * w);
-            for (int64_t j = 0; j < ow; j++) {
-                float best = r0[2 * j];
-                int32_t best_at = base + (int32_t)(2 * j);
-                MAXPOOL_TAKE(r0[2 * j + 1], best_at + 1);
-                MAXPOOL_TAKE(r1[2 * j], base + (int32_t)(w + 2 * j));
-                MAXPOOL_TAKE(r1[2 * j + 1], base + (int32_t)(w + 2 * j + 1));
-                yp[i * ow + j] = best;
-                ap[i * ow + j] = best_at;
-            }
-        }
+ * not taken, but the index already points at it).  One row of ow windows, from the input
+ * rows r0 and r1 (w floats apart, r0 at index base of the plane). */
+static void maxpool_2x2_row(const float *r0, int64_t w, int64_t ow, int32_t base, float *y, int32_t *at) {
+    const float *r1 = r0 + w;
+    for (int64_t j = 0; j < ow; j++) {
+        float best = r0[2 * j];
+        int32_t best_at = base + (int32_t)(2 * j);
+        MAXPOOL_TAKE(r0[2 * j + 1], best_at + 1);
+        MAXPOOL_TAKE(r1[2 * j], base + (int32_t)(w + 2 * j));
+        MAXPOOL_TAKE(r1[2 * j + 1], base + (int32_t)(w + 2 * j + 1));
+        y[j] = best;
+        at[j] = best_at;
     }
 }
 
@@ -131,50 +122,55 @@ static void maxpool_2x2_planes(const maxpool_args *a, int64_t begin, int64_t end
 #include <immintrin.h>
 #define AVX512_FN __attribute__((target("avx512f")))
 
-/* The same, 16 windows of a row at a time: the row pairs split into their even and odd
- * columns (two permutes per row), then the scan's four steps as compares and masked moves
- * — the first value, then each later one taken where greater or NaN — over the values and
- * their offsets in the window.  A partial vector of windows is masked.  The scalar loop took
- * 3.7% of the feature cache's pass; VGG16's features, against it, back to back: 587-598 ->
- * 599-611 images/s at 32x32 and batch 64, 682-686 -> 686-696 at 256, 15.77 -> 16.05 at
- * 224x224. */
-AVX512_FN static void maxpool_2x2_planes_avx512(const maxpool_args *a, int64_t begin, int64_t end) {
-    const graft_pool2d_geom *g = a->g;
-    int64_t w = g->w, oh = g->oh, ow = g->ow;
+/* The same, 16 windows at a time: the row pairs split into their even and odd columns
+ * (two permutes per row), then the scan's four steps as compares and masked moves — the
+ * first value, then each later one taken where greater or NaN — over the values and
+ * their offsets in the window.  A partial vector of windows is masked.  The scalar loop
+ * took 3.7% of the feature cache's pass; VGG16's features, against it, back to back:
+ * 587-598 -> 599-611 images/s at 32x32 and batch 64, 682-686 -> 686-696 at 256, 15.77 ->
+ * 16.05 at 224x224. */
+AVX512_FN static void maxpool_2x2_row_avx512(const float *r0, int64_t w, int64_t ow, int32_t base, float *y,
+                                             int32_t *at) {
+    const float *r1 = r0 + w;
     const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
     const __m512i odd = _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
-    const __m512i two_j = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
-    for (int64_t p = begin; p < end; p++) {
-        const float *xp = a->x + p * g->h * w;
-        float *yp = a->y + p * oh * ow;
-        int32_t *ap = a->argmax_out + p * oh * ow;
-        for (int64_t i = 0; i < oh; i++) {
-            const float *r0 = xp + 2 * i * w, *r1 = r0 + w;
-            for (int64_t j0 = 0; j0 < ow; j0 += 16) {
-                int64_t lanes = ow - j0 < 16 ? ow - j0 : 16;
-                __mmask16 k = (__mmask16)((1u << lanes) - 1u);
-                __mmask16 klo = lanes >= 8 ? (__mmask16)0xFFFF : (__mmask16)((1u << (2 * lanes)) - 1u);
-                __mmask16 khi = lanes <= 8 ? (__mmask16)0 : (__mmask16)((1u << (2 * lanes - 16)) - 1u);
-                __m512 lo0 = _mm512_maskz_loadu_ps(klo, r0 + 2 * j0), hi0 = _mm512_maskz_loadu_ps(khi, r0 + 2 * j0 + 16);
-                __m512 lo1 = _mm512_maskz_loadu_ps(klo, r1 + 2 * j0), hi1 = _mm512_maskz_loadu_ps(khi, r1 + 2 * j0 + 16);
-                __m512 v[4] = {_mm512_permutex2var_ps(lo0, even, hi0), _mm512_permutex2var_ps(lo0, odd, hi0),
-                               _mm512_permutex2var_ps(lo1, even, hi1), _mm512_permutex2var_ps(lo1, odd, hi1)};
-                const int32_t step[4] = {0, 1, (int32_t)w, (int32_t)w + 1};
-                __m512 best = v[0];
-                __m512i off = _mm512_setzero_si512();
-                for (int t = 1; t < 4; t++) {
-                    __mmask16 take = _mm512_cmp_ps_mask(v[t], best, _CMP_GT_OQ) | _mm512_cmp_ps_mask(v[t], v[t], _CMP_UNORD_Q);
-                    best = _mm512_mask_mov_ps(best, take, v[t]);
-                    off = _mm512_mask_mov_epi32(off, take, _mm512_set1_epi32(step[t]));
-                }
-                __m512i at = _mm512_add_epi32(_mm512_add_epi32(off, two_j), _mm512_set1_epi32((int32_t)(2 * i * w + 2 * j0)));
-                _mm512_mask_storeu_ps(yp + i * ow + j0, k, best);
-                _mm512_mask_storeu_epi32(ap + i * ow + j0, k, at);
-            }
+    const int32_t step[4] = {0, 1, (int32_t)w, (int32_t)w + 1};
+    for (int64_t j0 = 0; j0 < ow; j0 += 16) {
+        int64_t lanes = ow - j0 < 16 ? ow - j0 : 16;
+        __mmask16 k = (__mmask16)((1u << lanes) - 1u);
+        __mmask16 klo = lanes >= 8 ? (__mmask16)0xFFFF : (__mmask16)((1u << (2 * lanes)) - 1u);
+        __mmask16 khi = lanes <= 8 ? (__mmask16)0 : (__mmask16)((1u << (2 * lanes - 16)) - 1u);
+        __m512 lo0 = _mm512_maskz_loadu_ps(klo, r0 + 2 * j0), hi0 = _mm512_maskz_loadu_ps(khi, r0 + 2 * j0 + 16);
+        __m512 lo1 = _mm512_maskz_loadu_ps(klo, r1 + 2 * j0), hi1 = _mm512_maskz_loadu_ps(khi, r1 + 2 * j0 + 16);
+        __m512 v[4] = {_mm512_permutex2var_ps(lo0, even, hi0), _mm512_permutex2var_ps(lo0, odd, hi0),
+                       _mm512_permutex2var_ps(lo1, even, hi1), _mm512_permutex2var_ps(lo1, odd, hi1)};
+        __m512 best = v[0];
+        __m512i off = _mm512_setzero_si512();
+        for (int t = 1; t < 4; t++) {
+            __mmask16 take = _mm512_cmp_ps_mask(v[t], best, _CMP_GT_OQ) | _mm512_cmp_ps_mask(v[t], v[t], _CMP_UNORD_Q);
+            best = _mm512_mask_mov_ps(best, take, v[t]);
+            off = _mm512_mask_mov_epi32(off, take, _mm512_set1_epi32(step[t]));
         }
+        /* even holds 2l in lane l: window j0 + l starts at base + 2 j0 + 2l */
+        __m512i idx = _mm512_add_epi32(_mm512_add_epi32(off, even), _mm512_set1_epi32(base + (int32_t)(2 * j0)));
+        _mm512_mask_storeu_ps(y + j0, k, best);
+        _mm512_mask_storeu_epi32(at + j0, k, idx);
     }
 }
 #endif
+
+static void maxpool_2x2_planes(const maxpool_args *a, int64_t begin, int64_t end) {
+    const graft_pool2d_geom *g = a->g;
+    int64_t w = g->w, oh = g->oh, ow = g->ow;
+    void (*row)(const float *, int64_t, int64_t, int32_t, float *, int32_t *) = maxpool_2x2_row;
+#if GRAFT_HAVE_AVX512_BUILD
+    if (pool_avx512 && graft_cpu_avx512f()) row = maxpool_2x2_row_avx512;
+#endif
+    for (int64_t p = begin; p < end; p++)
+        for (int64_t i = 0; i < oh; i++)
+            row(a->x + p * g->h * w + 2 * i * w, w, ow, (int32_t)(2 * i * w), a->y + (p * oh + i) * ow,
+                a->argmax_out + (p * oh + i) * ow);
+}
 
 static void maxpool_forward_planes(void *arg, int64_t begin, int64_t end) {
     const maxpool_args *a = arg;
@@ -182,12 +178,6 @@ static void maxpool_forward_planes(void *arg, int64_t begin, int64_t end) {
     int64_t h = g->h, w = g->w, oh = g->oh, ow = g->ow;
     if (g->kh == 2 && g->kw == 2 && g->sh == 2 && g->sw == 2 && g->ph == 0 && g->pw == 0 && 2 * oh <= h &&
         2 * ow <= w) {
-#if GRAFT_HAVE_AVX512_BUILD
-        if (pool_avx512 && graft_cpu_avx512f()) {
-            maxpool_2x2_planes_avx512(a, begin, end);
-            return;
-        }
-#endif
         maxpool_2x2_planes(a, begin, end);
         return;
     }
