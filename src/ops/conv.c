@@ -332,6 +332,46 @@ graft_status graft_conv2d_forward(graft_ctx *ctx, const graft_conv2d_geom *g, co
     return GRAFT_OK;
 }
 
+/* ---- forward with the weights' transform kept ------------------------------ */
+
+struct graft_conv2d_held {
+    graft_ctx store;            /* u, the transformed weights (its workspace, kept between calls) */
+    const float *u;             /* NULL until made: then from */
+    const float *w;             /* this weight array, */
+    graft_conv2d_kernel kernel; /* for this kernel */
+    int64_t c, oc;              /* and these sizes, all U depends on */
+};
+
+void graft_conv2d_held_free(graft_conv2d_held *h) {
+    if (!h) return;
+    graft_ctx_release(&h->store);
+    free(h);
+}
+
+graft_status graft_conv2d_forward_held(graft_ctx *ctx, const graft_conv2d_geom *g, const float *x, const float *w,
+                                       const float *b, float *y, graft_conv2d_held **held) {
+    graft_conv2d_kernel kernel = graft_conv2d_forward_kernel(g);
+    if (kernel != GRAFT_CONV2D_WINOGRAD && kernel != GRAFT_CONV2D_WINOGRAD4)
+        return graft_conv2d_forward(ctx, g, x, w, b, y);
+    int tile = kernel == GRAFT_CONV2D_WINOGRAD4 ? 4 : 2;
+    graft_conv2d_held *h = *held;
+    if (!h) {
+        if (!(h = *held = calloc(1, sizeof *h))) return graft_error(GRAFT_ERR_NOMEM, "out of memory");
+        graft_ctx_init(&h->store, 0);
+    }
+    if (!h->u || h->kernel != kernel || h->w != w || h->c != g->c || h->oc != g->oc) {
+        h->u = NULL; /* nothing valid while it is rewritten */
+        float *u = graft_ctx_workspace(&h->store, graft_conv2d_winograd_weights_floats(g, tile));
+        if (!u) return GRAFT_ERR_NOMEM;
+        graft_status s = graft_conv2d_winograd_prepare(g, tile, w, u);
+        if (s) return s;
+        h->u = u, h->kernel = kernel, h->w = w, h->c = g->c, h->oc = g->oc;
+    }
+    float *scratch = graft_ctx_workspace(ctx, graft_conv2d_winograd_prepared_workspace_floats(g, tile));
+    if (!scratch) return GRAFT_ERR_NOMEM;
+    return graft_conv2d_forward_winograd_prepared(g, tile, x, h->u, b, y, scratch);
+}
+
 /* ---- backward ------------------------------------------------------------- */
 
 /* The input gradient of a stride-1 convolution is itself a stride-1 convolution:
@@ -385,52 +425,6 @@ static graft_status dx_by_forward(graft_ctx *ctx, const graft_conv2d_geom *g, co
 
 /* x [n, c, h, w], w [oc, c, kh, kw], dy [n, oc, oh, ow] ->
  *   dx [n, c, h, w] (overwritten), dw [oc, c, kh, kw] (+=), db [oc] (+=); NULL skips. */
-/* ---- forward with the weights' transform kept ------------------------------ */
-
-struct graft_conv2d_held {
-    float *u;                  /* the transformed weights, cache-line aligned */
-    size_t capacity;           /* floats */
-    const float *w;            /* what u was made from: the weight array, */
-    graft_conv2d_kernel kernel; /* the kernel (GEMM: nothing held), */
-    int64_t c, oc;             /* and the sizes U depends on */
-};
-
-void graft_conv2d_held_free(graft_conv2d_held *h) {
-    if (!h) return;
-    free(h->u);
-    free(h);
-}
-
-graft_status graft_conv2d_forward_held(graft_ctx *ctx, const graft_conv2d_geom *g, const float *x, const float *w,
-                                       const float *b, float *y, graft_conv2d_held **held) {
-    graft_conv2d_kernel kernel = graft_conv2d_forward_kernel(g);
-    if (kernel != GRAFT_CONV2D_WINOGRAD && kernel != GRAFT_CONV2D_WINOGRAD4)
-        return graft_conv2d_forward(ctx, g, x, w, b, y);
-    int tile = kernel == GRAFT_CONV2D_WINOGRAD4 ? 4 : 2;
-    graft_conv2d_held *h = *held;
-    if (!h && !(h = *held = calloc(1, sizeof *h))) return graft_error(GRAFT_ERR_NOMEM, "out of memory");
-    if (h->kernel != kernel || h->w != w || h->c != g->c || h->oc != g->oc) {
-        size_t need = graft_conv2d_winograd_weights_floats(g, tile);
-        if (need > h->capacity) {
-            free(h->u);
-            size_t bytes = (need * sizeof(float) + GRAFT_CTX_ALIGN - 1) / GRAFT_CTX_ALIGN * GRAFT_CTX_ALIGN;
-            h->u = aligned_alloc(GRAFT_CTX_ALIGN, bytes);
-            h->capacity = h->u ? need : 0;
-            if (!h->u) {
-                h->kernel = GRAFT_CONV2D_GEMM;
-                return graft_error(GRAFT_ERR_NOMEM, "out of memory for %zu floats of transformed weights", need);
-            }
-        }
-        h->kernel = GRAFT_CONV2D_GEMM; /* nothing valid while it is rewritten */
-        graft_status s = graft_conv2d_winograd_prepare(g, tile, w, h->u);
-        if (s) return s;
-        h->kernel = kernel, h->w = w, h->c = g->c, h->oc = g->oc;
-    }
-    float *scratch = graft_ctx_workspace(ctx, graft_conv2d_winograd_prepared_workspace_floats(g, tile));
-    if (!scratch) return GRAFT_ERR_NOMEM;
-    return graft_conv2d_forward_winograd_prepared(g, tile, x, h->u, b, y, scratch);
-}
-
 graft_status graft_conv2d_backward(graft_ctx *ctx, const graft_conv2d_geom *g, const float *x,
                                    const float *w, const float *dy, float *dx, float *dw,
                                    float *db) {
