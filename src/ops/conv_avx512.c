@@ -639,9 +639,15 @@ AVX512 static void wg_input_transform(__m512 d[4][4], float *v, int64_t v_stride
     }
 }
 
+/* An output plus its bias, through the fused ReLU when asked, under graft_relu_forward's
+ * rule (positive values and NaN pass, the rest is +0). */
+AVX512_INLINE __m512 wg_finish(__m512 y, __m512 bias, bool relu) {
+    y = _mm512_add_ps(y, bias);
+    return relu ? _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(y, _mm512_setzero_ps(), _CMP_NLE_UQ), y) : y;
+}
+
 /* Output channels [o0, o1) of one block: m holds M_e [16][WG_OB][NR] for rows from o0.
- * Y = A^T M A, plus the bias, then the fused ReLU under graft_relu_forward's rule
- * (positive values and NaN pass, the rest is +0); each tile's 2x2 outputs are gathered
+ * Y = A^T M A, then wg_finish; each tile's 2x2 outputs are gathered
  * into one 4-float group by the transpose and written as two pairs (or singles at odd
  * edges). */
 AVX512 static void wg_output_transform(const wg_job *j, const float *m, int64_t o0, int64_t o1,
@@ -664,12 +670,9 @@ AVX512 static void wg_output_transform(const wg_job *j, const float *m, int64_t 
                 s[1][col] = _mm512_sub_ps(_mm512_sub_ps(m1, m2), m3);
             }
             for (int r = 0; r < 2; r++) { /* (A^T M) A, by rows: y[2r + col] is output (r, col) */
-                y[r * 2 + 0] = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(s[r][0], s[r][1]), s[r][2]), bias);
-                y[r * 2 + 1] = _mm512_add_ps(_mm512_sub_ps(_mm512_sub_ps(s[r][1], s[r][2]), s[r][3]), bias);
+                y[r * 2 + 0] = wg_finish(_mm512_add_ps(_mm512_add_ps(s[r][0], s[r][1]), s[r][2]), bias, g->relu);
+                y[r * 2 + 1] = wg_finish(_mm512_sub_ps(_mm512_sub_ps(s[r][1], s[r][2]), s[r][3]), bias, g->relu);
             }
-            if (g->relu)
-                for (int i = 0; i < 4; i++)
-                    y[i] = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(y[i], _mm512_setzero_ps(), _CMP_NLE_UQ), y[i]);
             if (tp->is_run[l0 / LANES]) { /* output rows 2ty and 2ty + 1 from column 2tx0 on */
                 const wg_run *rn = &tp->run[l0 / LANES];
                 for (int r = 0; r < (rn->down ? 2 : 1); r++) {
@@ -950,7 +953,7 @@ AVX512_INLINE void wg4_at(const __m512 m[6], __m512 s[4]) {
 }
 
 /* Output channels [o0, o1) of one block: m holds M_e [36][WG_OB][NR] for rows from o0.
- * Y = A^T M A, plus the bias, then the fused ReLU as wg_output_transform; each row of a
+ * Y = A^T M A, then wg_finish; each row of a
  * tile's outputs is gathered into one 4-float group by the transpose and written as
  * one store (masked at the right edge). */
 AVX512 static void wg4_output_transform(const wg_job *j, const float *m, int64_t o0, int64_t o1,
@@ -973,12 +976,7 @@ AVX512 static void wg4_output_transform(const wg_job *j, const float *m, int64_t
                 __m512 row[6], y[4];
                 for (int col = 0; col < 6; col++) row[col] = s[col][i];
                 wg4_at(row, y);
-                for (int col = 0; col < 4; col++) {
-                    y[col] = _mm512_add_ps(y[col], bias);
-                    if (g->relu)
-                        y[col] = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(y[col], _mm512_setzero_ps(), _CMP_NLE_UQ),
-                                                     y[col]);
-                }
+                for (int col = 0; col < 4; col++) y[col] = wg_finish(y[col], bias, g->relu);
                 wg_transpose(y); /* group k of y[a]: row i of the outputs of tile l0 + 4k + a */
                 for (int a = 0; a < 4; a++) _mm512_store_ps(out[a], y[a]);
                 for (int a = 0; a < 4; a++)
