@@ -86,8 +86,9 @@ void graft_linear_fold_replicas(int64_t out, int64_t c, int64_t h, int64_t w, in
  * piece; then piece, from graft's pool threads and in any order, once for each range of
  * elements [begin, end) of dw with g [0, end - begin) their gradient, the ranges
  * covering dw exactly.  g is the kernel's scratch: the sink may overwrite it.  next is
- * where the range the same thread passes next begins (as long as this one), or -1: the
- * sink may prefetch its elements. */
+ * where the range the same thread passes next begins, or -1: a hint, for the sink to
+ * prefetch as many elements from there as this range has (the next range may be
+ * shorter; the sink stays within dw). */
 typedef struct graft_grad_sink {
     void (*begin)(void *user);
     void (*piece)(void *user, int64_t begin, int64_t end, int64_t next, float *g);
