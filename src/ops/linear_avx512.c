@@ -140,31 +140,22 @@ AVX512 static void pack_transposed(int64_t mn, int64_t pn, const float *x, int64
         }
 }
 
-/* y [m0 + m, j] = yt [j - jlo][m] + b [j] for m < mn, j in [jlo, jhi) (rows of y ldy apart),
- * 16 outputs at a time: 16 x 16 blocks of yt transposed in registers, a partial block of
- * outputs gathered from yt's columns (gathers throughout took 8% of the recipe's forward). */
+/* y [m0 + m, j] = yt [j - jlo][m] + b [j] for m < mn, j in [jlo, jhi) (rows of y ldy apart):
+ * blocks of 16 outputs by 16 samples transposed in registers (a partial block of outputs
+ * reads zeros past jhi and stores its lanes only; gathers, as before, took 8% of the
+ * recipe's forward). */
 AVX512 static void write_outputs(int64_t mn, int64_t jlo, int64_t jhi, const float *yt, const float *b, float *y,
                                  int64_t ldy) {
-    const __m512i cols = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
-                                            _mm512_set1_epi32(MB));
     for (int64_t j0 = jlo; j0 < jhi; j0 += LANES) {
         __mmask16 k = lane_mask(jhi - j0);
         __m512 bias = b ? _mm512_maskz_loadu_ps(k, b + j0) : _mm512_setzero_ps();
         const float *src = yt + (j0 - jlo) * MB;
-        if (k == (__mmask16)0xFFFF) {
-            for (int64_t m0 = 0; m0 < mn; m0 += LANES) {
-                __m512 r[LANES];
-                for (int i = 0; i < LANES; i++) r[i] = _mm512_load_ps(src + i * MB + m0);
-                transpose16(r);
-                for (int64_t m = m0; m < mn && m < m0 + LANES; m++)
-                    _mm512_storeu_ps(y + m * ldy + j0, _mm512_add_ps(r[m - m0], bias));
-            }
-            continue;
-        }
-        for (int64_t m = 0; m < mn; m++) {
-            __m512i at = _mm512_add_epi32(cols, _mm512_set1_epi32((int32_t)m));
-            __m512 v = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), k, at, src, 4);
-            _mm512_mask_storeu_ps(y + m * ldy + j0, k, _mm512_add_ps(v, bias));
+        for (int64_t m0 = 0; m0 < mn; m0 += LANES) {
+            __m512 r[LANES];
+            for (int64_t i = 0; i < LANES; i++) r[i] = j0 + i < jhi ? _mm512_load_ps(src + i * MB + m0) : _mm512_setzero_ps();
+            transpose16(r);
+            for (int64_t m = m0; m < mn && m < m0 + LANES; m++)
+                _mm512_mask_storeu_ps(y + m * ldy + j0, k, _mm512_add_ps(r[m - m0], bias));
         }
     }
 }
