@@ -46,6 +46,9 @@ graft_status graft_atomic_open(graft_atomic_file *af, const char *path) {
     af->fd = -1;
     af->path = NULL;
     af->tmp_path = NULL;
+    af->spare = NULL;
+    af->reused = false;
+    af->written = 0;
     if (!path || !*path) return graft_error(GRAFT_ERR_INVALID, "atomic write: empty file name");
 
     size_t len = strlen(path);
@@ -79,6 +82,39 @@ graft_status graft_atomic_open(graft_atomic_file *af, const char *path) {
     return GRAFT_OK;
 }
 
+/* The spare as the temporary file: renamed over the empty file mkstemp made, then
+ * opened for writing (its permission bits set as graft_atomic_open sets them).  False,
+ * with af as it was, where it is missing, not a regular file, has another name, or any
+ * step fails. */
+static bool take_spare(graft_atomic_file *af, const char *spare) {
+    struct stat st;
+    if (lstat(spare, &st) != 0 || !S_ISREG(st.st_mode) || st.st_nlink != 1) return false;
+    if (rename(spare, af->tmp_path) != 0) return false;
+    int fd = open(af->tmp_path, O_WRONLY | O_CLOEXEC | O_NOFOLLOW);
+    struct stat now;
+    if (fd < 0 || fstat(fd, &now) != 0 || now.st_ino != st.st_ino || now.st_dev != st.st_dev ||
+        fchmod(fd, st.st_mode & 07777) != 0) {
+        if (fd >= 0) close(fd);
+        rename(af->tmp_path, spare); /* as it was */
+        return false;
+    }
+    close(af->fd); /* mkstemp's file, replaced by the rename */
+    af->fd = fd;
+    af->reused = true;
+    return true;
+}
+
+graft_status graft_atomic_open_over(graft_atomic_file *af, const char *path, const char *spare) {
+    graft_status s = graft_atomic_open(af, path);
+    if (s || !spare) return s;
+    if (!(af->spare = dup_str(spare))) {
+        graft_atomic_abort(af);
+        return graft_error(GRAFT_ERR_NOMEM, "%s: out of memory", path);
+    }
+    take_spare(af, spare);
+    return GRAFT_OK;
+}
+
 graft_status graft_atomic_write(graft_atomic_file *af, const void *data, size_t bytes) {
     const char *p = data;
     if (af->fd < 0) return graft_error(GRAFT_ERR_INVALID, "atomic write: file is not open");
@@ -90,6 +126,7 @@ graft_status graft_atomic_write(graft_atomic_file *af, const void *data, size_t 
         }
         p += n;
         bytes -= (size_t)n;
+        af->written += (size_t)n;
     }
     return GRAFT_OK;
 }
@@ -129,9 +166,15 @@ graft_status graft_atomic_commit(graft_atomic_file *af) {
     int fd = af->fd;
     af->fd = -1;
     int e = 0;
-    if (fsync(fd) != 0) e = errno;
+    if (af->reused && ftruncate(fd, (off_t)af->written) != 0) e = errno; /* the old bytes past the new end */
+    if (!e && fsync(fd) != 0) e = errno;
     /* close can report a delayed write error (e.g. NFS); it must be checked too. */
     if (close(fd) != 0 && !e) e = errno;
+    if (!e && af->spare) {
+        /* the target about to be replaced lives on as the spare (a stale spare name with
+           other names of its file, left by take_spare, goes first); best effort */
+        if (link(af->path, af->spare) != 0 && errno == EEXIST && unlink(af->spare) == 0) link(af->path, af->spare);
+    }
     if (!e && rename(af->tmp_path, af->path) != 0) e = errno;
     if (e) {
         graft_status s = graft_error(GRAFT_ERR_IO, "%s: %s", af->path, strerror(e));
@@ -141,7 +184,8 @@ graft_status graft_atomic_commit(graft_atomic_file *af) {
     graft_status s = fsync_dir(af->path);
     free(af->path);
     free(af->tmp_path);
-    af->path = af->tmp_path = NULL;
+    free(af->spare);
+    af->path = af->tmp_path = af->spare = NULL;
     return s;
 }
 
@@ -153,7 +197,8 @@ void graft_atomic_abort(graft_atomic_file *af) {
     if (af->tmp_path) unlink(af->tmp_path);
     free(af->path);
     free(af->tmp_path);
-    af->path = af->tmp_path = NULL;
+    free(af->spare);
+    af->path = af->tmp_path = af->spare = NULL;
 }
 
 /* link's errors for a file system (or file) that takes no more names. */
@@ -225,6 +270,13 @@ void graft_old_files_keep(graft_old_files *o, const char *path) {
         return;
     }
     o->paths[o->n++] = old;
+}
+
+void graft_old_files_remove(graft_old_files *o, const char *path) {
+    graft_old_files_wait(o);
+    if (o->n >= GRAFT_OLD_FILES_MAX) return;
+    char *name = dup_str(path);
+    if (name) o->paths[o->n++] = name;
 }
 
 static void *remove_names(void *arg) {

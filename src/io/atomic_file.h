@@ -28,12 +28,26 @@ typedef struct graft_atomic_file {
     int fd;          /* the temporary file; -1 once closed */
     char *path;      /* the target, owned */
     char *tmp_path;  /* the temporary file, owned */
+    char *spare;     /* graft_atomic_open_over's spare, owned; NULL otherwise */
+    bool reused;     /* the temporary file is the old spare, overwritten from its start */
+    size_t written;  /* bytes written so far */
 } graft_atomic_file;
 
 /* Creates the temporary file beside path.  The new file gets the permission bits of
  * an existing target, else 0666 less the umask (what fopen would give).  On failure
  * af holds nothing that needs releasing, and graft_atomic_abort on it is harmless. */
 graft_status graft_atomic_open(graft_atomic_file *af, const char *path);
+/* graft_atomic_open for a file rewritten again and again (a training run's checkpoint),
+ * with a spare name beside it ("<path>.spare").  Writing a large file into new pages and
+ * freeing the old one cost more than overwriting pages already cached (ext4 here, 411 MB:
+ * 0.48 s to write new, 0.54 s to free, 0.14 s to overwrite).  So where spare names a
+ * regular file with no other name, that file becomes the temporary file and is
+ * overwritten from its start (commit cuts it to the bytes written); and commit keeps the
+ * target it replaces under the name spare, for the next write, instead of the rename
+ * freeing it.  Readers still see the old target or the whole new one.  A spare that is
+ * missing or has other names (a hard link made since) is not touched: a new temporary
+ * file is made as by graft_atomic_open.  The caller removes spare when done. */
+graft_status graft_atomic_open_over(graft_atomic_file *af, const char *path, const char *spare);
 /* Appends bytes (all of them: short writes and EINTR are retried). */
 graft_status graft_atomic_write(graft_atomic_file *af, const void *data, size_t bytes);
 /* fsync, rename over the target, fsync the directory.  Always releases af: on failure
@@ -80,6 +94,9 @@ typedef struct graft_old_files {
 void graft_old_files_keep(graft_old_files *o, const char *path);
 /* Removes the names kept so far, on a thread (in the calling one if none can start). */
 void graft_old_files_release(graft_old_files *o);
+/* Adds path, an existing name (a spare of graft_atomic_open_over), to the names the next
+ * release removes; nothing where GRAFT_OLD_FILES_MAX are kept already. */
+void graft_old_files_remove(graft_old_files *o, const char *path);
 /* Waits for the removals to finish. */
 void graft_old_files_wait(graft_old_files *o);
 

@@ -20,6 +20,7 @@
  * recognised (so their sizes are validated) and reported as unsupported.  Writing produces F32
  * and I64, or F16/BF16 for the float tensors through graft_safetensors_save_dtype. */
 #include "io/readers.h"
+#include "io/writers.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -634,8 +635,20 @@ graft_status graft_safetensors_save(const char *path, const graft_tensor_map *m)
     return graft_safetensors_save_dtype(path, m, "F32");
 }
 
+static graft_status save_impl(const char *path, const graft_tensor_map *m, const char *float_dtype,
+                              const char *spare);
+
 graft_status graft_safetensors_save_dtype(const char *path, const graft_tensor_map *m,
                                           const char *float_dtype) {
+    return save_impl(path, m, float_dtype, NULL);
+}
+
+graft_status graft_safetensors_save_over(const char *path, const graft_tensor_map *m, const char *spare) {
+    return save_impl(path, m, "F32", spare);
+}
+
+static graft_status save_impl(const char *path, const graft_tensor_map *m, const char *float_dtype,
+                              const char *spare) {
     if (!path || !m) return graft_error(GRAFT_ERR_INVALID, "safetensors save: NULL path or map");
     const st_float_out *fo = NULL;
     for (size_t i = 0; i < sizeof float_outs / sizeof float_outs[0]; i++)
@@ -667,7 +680,7 @@ graft_status graft_safetensors_save_dtype(const char *path, const graft_tensor_m
     memset(prefix + ST_LEN_BYTES, ' ', ST_DATA_ALIGN);
 
     graft_atomic_file af;
-    s = graft_atomic_open(&af, path);
+    s = graft_atomic_open_over(&af, path, spare);
     if (!s) s = graft_atomic_write(&af, prefix, ST_LEN_BYTES);
     if (!s) s = graft_atomic_write(&af, header, json_len);
     if (!s) s = graft_atomic_write(&af, prefix + ST_LEN_BYTES, hlen - json_len);

@@ -29,6 +29,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "core/clock.h"
 #include "core/error.h"
@@ -39,6 +40,7 @@
 #include "data/transforms.h"
 #include "io/atomic_file.h"
 #include "io/fs.h"
+#include "io/writers.h"
 #include "nn/model.h"
 #include "ops/ops.h"
 #include "train/checkpoint.h"
@@ -473,9 +475,16 @@ static graft_status restore_state(trainer *t, const graft_tensor_map *state) {
 
 /* ---- saving -------------------------------------------------------------------- */
 
-static graft_status save_checkpoint(trainer *t, const char *name) {
-    char path[4096];
+/* The spares of the files rewritten every epoch (graft_atomic_open_over), removed when
+ * the trainer is freed. */
+#define SPARE_SUFFIX ".spare"
+static const char *const spared[] = {"last.safetensors", "last.state.safetensors"};
+
+/* name in the run folder, written over its spare where spared. */
+static graft_status save_checkpoint(trainer *t, const char *name, bool spare) {
+    char path[4096], spare_path[4096 + sizeof SPARE_SUFFIX];
     path_in(t, name, path, sizeof path);
+    snprintf(spare_path, sizeof spare_path, "%s" SPARE_SUFFIX, path);
     graft_checkpoint_meta meta = {
         .arch = (char *)graft_model_arch(t->model),
         .num_classes = graft_model_num_classes(t->model),
@@ -487,7 +496,7 @@ static graft_status save_checkpoint(trainer *t, const char *name) {
         .epoch = t->epoch,
         .save_id = t->save_id,
     };
-    return graft_checkpoint_save(path, t->model, &meta);
+    return graft_checkpoint_save_over(path, t->model, &meta, spare ? spare_path : NULL);
 }
 
 static graft_status save_state(trainer *t) {
@@ -526,24 +535,22 @@ static graft_status save_state(trainer *t) {
 #undef META
     if (!s) s = graft_tensor_map_set_meta(m, "config", config);
     if (!s) s = graft_tensor_map_set_meta(m, "metrics_jsonl", t->jsonl.data ? t->jsonl.data : "");
+    char spare[sizeof path + sizeof SPARE_SUFFIX];
     path_in(t, "last.state.safetensors", path, sizeof path);
-    graft_old_files_keep(&t->replaced, path);
-    if (!s) s = graft_safetensors_save(path, m);
+    snprintf(spare, sizeof spare, "%s" SPARE_SUFFIX, path);
+    if (!s) s = graft_safetensors_save_over(path, m, spare);
     free(config);
     graft_tensor_map_free(m);
     return s;
 }
 
-/* last.safetensors then its state, with a new save id.  A folded layer is unfolded
- * into the model first (fold.h: the origin moves to now). */
+/* last.safetensors then its state, with a new save id, each written over its spare.  A
+ * folded layer is unfolded into the model first (fold.h: the origin moves to now). */
 static graft_status save_last(trainer *t) {
     graft_status fs = graft_fold_reorigin(&t->fold, t->optim);
     if (fs) return fs;
-    char path[4096];
-    path_in(t, "last.safetensors", path, sizeof path);
-    graft_old_files_keep(&t->replaced, path);
     t->save_id++;
-    graft_status s = save_checkpoint(t, "last.safetensors");
+    graft_status s = save_checkpoint(t, "last.safetensors", true);
     if (!s) s = save_state(t);
     return s;
 }
@@ -557,7 +564,7 @@ static graft_status save_best(trainer *t) {
     path_in(t, "best.safetensors", best, sizeof best);
     graft_old_files_keep(&t->replaced, best);
     graft_status s = graft_atomic_link(last, best);
-    return s == GRAFT_ERR_UNSUPPORTED ? save_checkpoint(t, "best.safetensors") : s;
+    return s == GRAFT_ERR_UNSUPPORTED ? save_checkpoint(t, "best.safetensors", false) : s;
 }
 
 static graft_status write_jsonl(trainer *t) {
@@ -794,6 +801,12 @@ static void summary(trainer *t) {
 }
 
 static void trainer_free(trainer *t) {
+    for (size_t i = 0; t->c.out_dir && i < sizeof spared / sizeof spared[0]; i++) {
+        char path[4096], spare[sizeof path + sizeof SPARE_SUFFIX];
+        path_in(t, spared[i], path, sizeof path);
+        snprintf(spare, sizeof spare, "%s" SPARE_SUFFIX, path);
+        if (access(spare, F_OK) == 0) graft_old_files_remove(&t->replaced, spare);
+    }
     graft_old_files_release(&t->replaced);
     graft_old_files_wait(&t->replaced);
     graft_optim_free(t->optim);

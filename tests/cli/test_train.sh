@@ -31,6 +31,7 @@ grep -q '^confusion matrix' "$WORK/train.out" || fail "no confusion matrix print
 [[ ! -s $WORK/train.err ]] || fail "--quiet still printed: $(cat "$WORK/train.err")"
 ls "$RUN" | grep -q '\.tmp\.' && fail "temporary files left in the run folder"
 ls "$RUN" | grep -q '\.replaced$' && fail "replaced checkpoints left in the run folder"
+ls "$RUN" | grep -q '\.spare$' && fail "spare checkpoints left in the run folder"
 # best.safetensors is the best epoch's last.safetensors (no test split: by training
 # accuracy), another name of that file: the same one when the last epoch was the best.
 acc() { sed -n "${1}p" "$RUN/metrics.jsonl" | grep -o '"train_accuracy":[0-9.e+-]*' | cut -d: -f2; }

@@ -1180,6 +1180,83 @@ static void replaced_files_live_on_until_released_then_go(void **state) {
     graft_old_files_wait(&old); /* harmless when nothing runs */
 }
 
+/* graft_atomic_open_over: a spare with no other name becomes the new file, overwritten
+ * and cut to the bytes written; the replaced target becomes the spare.  A spare with
+ * another name, or none, is left to its other names and a new file is written. */
+static ino_t inode_of(const char *path) {
+    struct stat st;
+    assert_int_equal(stat(path, &st), 0);
+    return st.st_ino;
+}
+
+static void expect_bytes(const char *path, const char *want) {
+    size_t n;
+    unsigned char *b = read_bytes(path, &n);
+    assert_int_equal(n, strlen(want));
+    assert_memory_equal(b, want, n);
+    free(b);
+}
+
+static void atomic_open_over_reuses_a_spare_and_keeps_the_replaced_file_as_the_next(void **state) {
+    (void)state;
+    char path[PATH_BYTES], spare[PATH_BYTES + 16], other[PATH_BYTES];
+    scratch_path(path, "over.bin");
+    snprintf(spare, sizeof spare, "%s.spare", path);
+    scratch_path(other, "over-other.bin");
+    write_bytes(path, "target v1", 9);
+    write_bytes(spare, "an older and longer file", 24);
+    ino_t spare_ino = inode_of(spare), target_ino = inode_of(path);
+
+    graft_atomic_file af;
+    assert_int_equal(graft_atomic_open_over(&af, path, spare), GRAFT_OK);
+    assert_int_equal(access(spare, F_OK), -1); /* taken as the temporary file */
+    assert_int_equal(graft_atomic_write(&af, "v2", 2), GRAFT_OK);
+    expect_bytes(path, "target v1"); /* readers see the old target until commit */
+    assert_int_equal(graft_atomic_commit(&af), GRAFT_OK);
+    expect_bytes(path, "v2"); /* cut to the bytes written */
+    assert_true(inode_of(path) == spare_ino);
+    expect_bytes(spare, "target v1"); /* the replaced file, the next spare */
+    assert_true(inode_of(spare) == target_ino);
+    assert_int_equal(scratch_entries_containing("over.bin.tmp."), 0);
+
+    /* a spare with another name is not overwritten: a new file, the spare name moved on */
+    assert_int_equal(link(spare, other), 0);
+    assert_int_equal(graft_atomic_open_over(&af, path, spare), GRAFT_OK);
+    assert_int_equal(graft_atomic_write(&af, "v3", 2), GRAFT_OK);
+    assert_int_equal(graft_atomic_commit(&af), GRAFT_OK);
+    expect_bytes(path, "v3");
+    assert_true(inode_of(path) != target_ino && inode_of(path) != spare_ino);
+    expect_bytes(other, "target v1");
+    expect_bytes(spare, "v2");
+    assert_true(inode_of(spare) == spare_ino);
+
+    /* an abort leaves the target alone and removes the temporary file, the spare it took
+       included */
+    assert_int_equal(graft_atomic_open_over(&af, path, spare), GRAFT_OK);
+    assert_int_equal(graft_atomic_write(&af, "partial", 7), GRAFT_OK);
+    graft_atomic_abort(&af);
+    expect_bytes(path, "v3");
+    assert_int_equal(access(spare, F_OK), -1);
+    assert_int_equal(scratch_entries_containing("over.bin.tmp."), 0);
+
+    /* no spare: a new file, and the replaced target becomes the spare */
+    assert_int_equal(graft_atomic_open_over(&af, path, spare), GRAFT_OK);
+    assert_int_equal(graft_atomic_write(&af, "v4", 2), GRAFT_OK);
+    assert_int_equal(graft_atomic_commit(&af), GRAFT_OK);
+    expect_bytes(path, "v4");
+    expect_bytes(spare, "v3");
+
+    /* the spare removed with the old files, in the background */
+    graft_old_files old;
+    memset(&old, 0, sizeof old);
+    graft_old_files_remove(&old, spare);
+    graft_old_files_release(&old);
+    graft_old_files_wait(&old);
+    assert_int_equal(access(spare, F_OK), -1);
+    expect_bytes(path, "v4");
+    unlink(other);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(save_then_load_keeps_tensors_metadata_and_order),
@@ -1240,6 +1317,7 @@ int main(void) {
         cmocka_unit_test(atomic_file_abort_removes_the_temporary_file),
         cmocka_unit_test(atomic_file_creates_a_new_file_readable_like_fopen_would),
         cmocka_unit_test(atomic_link_replaces_the_target_with_another_name_of_the_file),
+        cmocka_unit_test(atomic_open_over_reuses_a_spare_and_keeps_the_replaced_file_as_the_next),
         cmocka_unit_test(replaced_files_live_on_until_released_then_go),
     };
     return cmocka_run_group_tests(tests, make_scratch, remove_scratch);
