@@ -4,6 +4,7 @@
 #ifndef GRAFT_CORE_RNG_H
 #define GRAFT_CORE_RNG_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 typedef struct graft_rng {
@@ -16,6 +17,10 @@ uint64_t graft_rng_u64(graft_rng *r);
 double graft_rng_uniform(graft_rng *r);
 /* Standard normal (Box-Muller). */
 double graft_rng_normal(graft_rng *r);
+/* The generator moved k draws on, as k calls of graft_rng_u64 would (a few
+ * microseconds); false, r untouched, where k >= 2^40 or memory for the tables (320 KiB,
+ * made at the first jump) was not there. */
+bool graft_rng_jump(graft_rng *r, uint64_t k);
 /* n draws: out[i] = drop where graft_rng_uniform(r) < p, else keep, in order — the same
  * numbers and decisions as that loop, compared as integers without a call or a
  * conversion per element (Dropout's masks). */

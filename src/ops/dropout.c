@@ -5,7 +5,7 @@
  * The mask stores the factor (0 or the scale) so the backward is one multiply.  The
  * mask is drawn from the context's generator, one uniform per element in order (as
  * integers, graft_rng_select), so a seed fixes the mask regardless of the thread count
- * (drawing is not parallelised). */
+ * (the draws are vectorised by jumping copies of the generator ahead, the same numbers). */
 #include "core/threads.h"
 #include "ops/ops.h"
 

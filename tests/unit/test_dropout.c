@@ -192,9 +192,61 @@ static void mask_draws_match_the_uniform_comparison(void **state) {
     }
 }
 
+/* A jump by k leaves the generator where k draws would, up to the limit; jumps add. */
+static void rng_jumps_land_where_the_draws_do(void **state) {
+    (void)state;
+    static const uint64_t ks[] = {0, 1, 2, 63, 64, 65, 1000, 4095, 32768, 123457};
+    for (size_t i = 0; i < sizeof ks / sizeof ks[0]; i++) {
+        graft_rng a, b;
+        graft_rng_seed(&a, 40 + i);
+        b = a;
+        assert_true(graft_rng_jump(&a, ks[i]));
+        for (uint64_t k = 0; k < ks[i]; k++) graft_rng_u64(&b);
+        assert_memory_equal(a.s, b.s, sizeof a.s);
+    }
+    graft_rng a, b;
+    graft_rng_seed(&a, 7);
+    b = a;
+    uint64_t big = ((uint64_t)1 << 39) + 12345;
+    assert_true(graft_rng_jump(&a, big));
+    assert_true(graft_rng_jump(&a, 1000));
+    assert_true(graft_rng_jump(&b, 1000 + 12345));
+    assert_true(graft_rng_jump(&b, (uint64_t)1 << 39));
+    assert_memory_equal(a.s, b.s, sizeof a.s);
+    b = a;
+    assert_false(graft_rng_jump(&a, (uint64_t)1 << 40)); /* past the tables: untouched */
+    assert_memory_equal(a.s, b.s, sizeof a.s);
+}
+
+/* Long masks are drawn by eight jumped copies of the generator side by side: the same
+ * decisions as drawing in order, and the generator left in the same state, for lengths
+ * around the eight lanes' and eight draws' boundaries. */
+static void long_masks_match_drawing_in_order(void **state) {
+    (void)state;
+    static const int64_t ns[] = {4095, 4096, 4097, 4103, 4160, 8191, 65536 + 7, 262144};
+    static const double ps[] = {0.5, 0.1};
+    float *got = malloc(262144 * sizeof *got);
+    assert_non_null(got);
+    for (size_t i = 0; i < sizeof ns / sizeof ns[0]; i++)
+        for (size_t k = 0; k < sizeof ps / sizeof ps[0]; k++) {
+            graft_rng a, b;
+            graft_rng_seed(&a, 90 + i * 2 + k);
+            b = a;
+            graft_rng_select(&a, ns[i], ps[k], 0.0f, 2.0f, got);
+            for (int64_t j = 0; j < ns[i]; j++) {
+                float want = graft_rng_uniform(&b) < ps[k] ? 0.0f : 2.0f;
+                if (got[j] != want) fail_msg("n = %lld, p = %g, draw %lld: %g", (long long)ns[i], ps[k], (long long)j, got[j]);
+            }
+            assert_memory_equal(a.s, b.s, sizeof a.s);
+        }
+    free(got);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(dropout_p0_is_identity_with_mask_one),
+        cmocka_unit_test(rng_jumps_land_where_the_draws_do),
+        cmocka_unit_test(long_masks_match_drawing_in_order),
         cmocka_unit_test(dropout_p1_zeroes_everything),
         cmocka_unit_test(dropout_keeps_elements_scaled_by_one_over_keep_probability),
         cmocka_unit_test(dropout_mask_mean_is_about_one),
