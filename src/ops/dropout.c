@@ -12,6 +12,19 @@
 /* Elementwise multiply is memory-bound; threads pay only on large arrays. */
 #define DROPOUT_MIN_CHUNK 32768
 
+typedef struct dropout_args {
+    const float *mask, *dy;
+    float *dx;
+} dropout_args;
+
+/* dx = dy * mask over [begin, end): the backward, and the forward's y = x * mask. */
+static void dropout_multiply_range(void *arg, int64_t begin, int64_t end) {
+    const dropout_args *a = arg;
+    const float *mask = a->mask, *dy = a->dy; /* locals: see activation.c */
+    float *dx = a->dx;
+    for (int64_t i = begin; i < end; i++) dx[i] = dy[i] * mask[i];
+}
+
 // x, y, mask are (n); y may alias x
 void graft_dropout_forward(int64_t n, float p, graft_rng *rng, const float *x, float *y,
                            float *mask) {
@@ -34,26 +47,15 @@ void graft_dropout_forward(int64_t n, float p, graft_rng *rng, const float *x, f
      * usual p = 0.5. */
     const float scale = 1.0f / (1.0f - p);
     graft_rng_select(rng, n, (double)p, 0.0f, scale, mask); /* uniform < p: dropped */
-    for (int64_t i = 0; i < n; i++) y[i] = x[i] * mask[i];
-}
-
-typedef struct dropout_args {
-    const float *mask, *dy;
-    float *dx;
-} dropout_args;
-
-static void dropout_backward_range(void *arg, int64_t begin, int64_t end) {
-    const dropout_args *a = arg;
-    const float *mask = a->mask, *dy = a->dy; /* locals: see activation.c */
-    float *dx = a->dx;
-    for (int64_t i = begin; i < end; i++) dx[i] = dy[i] * mask[i];
+    dropout_args a = {.mask = mask, .dy = x, .dx = y};
+    graft_parallel_for(n, DROPOUT_MIN_CHUNK, dropout_multiply_range, &a);
 }
 
 // mask, dy, dx are (n); dx may alias dy
 void graft_dropout_backward(int64_t n, const float *mask, const float *dy, float *dx) {
     if (!dx) return;
     dropout_args a = {.mask = mask, .dy = dy, .dx = dx};
-    graft_parallel_for(n, DROPOUT_MIN_CHUNK, dropout_backward_range, &a);
+    graft_parallel_for(n, DROPOUT_MIN_CHUNK, dropout_multiply_range, &a);
 }
 
 /* ---- reference: the mask is given, so the op is a fixed elementwise product ---- */
