@@ -1246,6 +1246,30 @@ static void atomic_open_over_reuses_a_spare_and_keeps_the_replaced_file_as_the_n
     expect_bytes(path, "v4");
     expect_bytes(spare, "v3");
 
+    /* a spare that is not a regular file is never written through: a symbolic link is
+       replaced by the old target, its own target untouched; a directory stays, and the
+       write still lands */
+    char elsewhere[PATH_BYTES];
+    scratch_path(elsewhere, "over-elsewhere.bin");
+    write_bytes(elsewhere, "keep me", 7);
+    unlink(spare);
+    assert_int_equal(symlink(elsewhere, spare), 0);
+    assert_int_equal(graft_atomic_open_over(&af, path, spare), GRAFT_OK);
+    assert_int_equal(graft_atomic_write(&af, "v5", 2), GRAFT_OK);
+    assert_int_equal(graft_atomic_commit(&af), GRAFT_OK);
+    expect_bytes(path, "v5");
+    expect_bytes(elsewhere, "keep me");
+    expect_bytes(spare, "v4");
+    unlink(spare);
+    assert_int_equal(mkdir(spare, 0700), 0);
+    assert_int_equal(graft_atomic_open_over(&af, path, spare), GRAFT_OK);
+    assert_int_equal(graft_atomic_write(&af, "v6", 2), GRAFT_OK);
+    assert_int_equal(graft_atomic_commit(&af), GRAFT_OK);
+    expect_bytes(path, "v6");
+    assert_int_equal(rmdir(spare), 0);
+    unlink(elsewhere);
+    assert_int_equal(graft_atomic_write_file(spare, "v5", 2), GRAFT_OK); /* as the symlink case left it */
+
     /* the spare removed with the old files, in the background */
     graft_old_files old;
     memset(&old, 0, sizeof old);
@@ -1253,7 +1277,7 @@ static void atomic_open_over_reuses_a_spare_and_keeps_the_replaced_file_as_the_n
     graft_old_files_release(&old);
     graft_old_files_wait(&old);
     assert_int_equal(access(spare, F_OK), -1);
-    expect_bytes(path, "v4");
+    expect_bytes(path, "v6");
     unlink(other);
 }
 
