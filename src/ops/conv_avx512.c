@@ -258,6 +258,46 @@ AVX512 static void kernel_8x48(int64_t kc, const float *a, int64_t lda, const fl
 #undef LOAD_ROW
 }
 
+/* C [8, 16 nv] = A [8, kc] . B [kc, 16 nv] for nv = 1 or 2 vectors of a panel whose rows
+ * are NR floats apart: a panel's last tiles when they fill only part of it (64 tiles are a
+ * panel of 48 and one of 16; the full kernel on the second did three times its work). */
+AVX512_INLINE void kernel_8xv(int nv, int64_t kc, const float *a, int64_t lda, const float *b, float *c,
+                              int64_t ldc) {
+    __m512 acc[8][2];
+    for (int r = 0; r < 8; r++)
+        for (int v = 0; v < nv; v++) acc[r][v] = _mm512_setzero_ps();
+    for (int64_t k = 0; k < kc; k++) {
+        _mm_prefetch((const char *)(b + PREFETCH_ROWS * NR), _MM_HINT_T0);
+        __m512 bv[2];
+        for (int v = 0; v < nv; v++) bv[v] = _mm512_load_ps(b + v * LANES);
+        b += NR;
+        for (int r = 0; r < 8; r++) {
+            __m512 ar = _mm512_set1_ps(a[r * lda + k]);
+            for (int v = 0; v < nv; v++) acc[r][v] = _mm512_fmadd_ps(ar, bv[v], acc[r][v]);
+        }
+    }
+    for (int r = 0; r < 8; r++)
+        for (int v = 0; v < nv; v++) _mm512_storeu_ps(c + r * ldc + v * LANES, acc[r][v]);
+}
+
+/* The lanes of a panel of cols tiles that kernel_8x_cols reads (and the input transforms
+ * fill): the whole panel, or the vectors the narrow kernel takes. */
+static inline int64_t panel_lanes(int64_t cols) {
+    return cols <= 2 * LANES ? (cols + LANES - 1) / LANES * LANES : NR;
+}
+
+/* The products of a panel holding cols tiles (the rest zero): the full kernel, or the
+ * narrow one where a third or two thirds of the panel hold them. */
+AVX512 static void kernel_8x_cols(int64_t cols, int64_t kc, const float *a, int64_t lda, const float *b, float *c,
+                                  int64_t ldc) {
+    if (cols <= LANES)
+        kernel_8xv(1, kc, a, lda, b, c, ldc);
+    else if (cols <= 2 * LANES)
+        kernel_8xv(2, kc, a, lda, b, c, ldc);
+    else
+        kernel_8x48(kc, a, lda, b, c, ldc, 0);
+}
+
 /* ---- the driver ------------------------------------------------------------------ */
 
 typedef struct direct_job {
@@ -706,12 +746,13 @@ AVX512 static void wg_output_transform(const wg_job *j, const float *m, int64_t 
 /* M_e = U_e . V_e for the e < elements and the output channels [o0, o1) (a block of
  * WG_OB at most), on the micro-kernel: U's rows read in place, V_e one panel of NR tiles,
  * M into mb [elements][WG_OB][NR]. */
-AVX512 static void wg_products(const wg_job *j, int elements, const float *v, float *mb, int64_t o0, int64_t o1) {
+AVX512 static void wg_products(const wg_job *j, int elements, const float *v, float *mb, int64_t o0, int64_t o1,
+                               int64_t cols) {
     int64_t c = j->g->c, rows = (o1 - o0 + MR - 1) / MR * MR; /* U's padding rows keep whole tiles */
     for (int e = 0; e < elements; e++) {
         const float *ue = j->u + e * j->ocp * c, *ve = v + e * c * NR;
         for (int64_t r = 0; r < rows; r += MR)
-            kernel_8x48(c, ue + (o0 + r) * c, c, ve, mb + (e * WG_OB + r) * NR, NR, 0);
+            kernel_8x_cols(cols, c, ue + (o0 + r) * c, c, ve, mb + (e * WG_OB + r) * NR, NR);
     }
 }
 
@@ -722,8 +763,8 @@ AVX512 static void wg_unit(const wg_job *j, float *scratch, int64_t m0, int64_t 
     float *v = scratch, *mb = v + 16 * c * NR;
     wg_tiles tp;
     wg_plan_tiles(j, blk * NR, &tp);
-    for (int64_t ci = 0; ci < c; ci++) /* every lane, so lanes past the last tile hold zeros */
-        for (int l0 = 0; l0 < NR; l0 += LANES) {
+    for (int64_t ci = 0; ci < c; ci++) /* every lane read, so lanes past the last tile hold zeros */
+        for (int l0 = 0; l0 < panel_lanes(tp.count); l0 += LANES) {
             __m512 d[4][4];
             for (int r = 0; r < 4; r++)
                 if (tp.is_run[l0 / LANES])
@@ -734,7 +775,7 @@ AVX512 static void wg_unit(const wg_job *j, float *scratch, int64_t m0, int64_t 
         }
     for (int64_t o0 = m0; o0 < m1; o0 += WG_OB) {
         int64_t o1 = o0 + WG_OB < m1 ? o0 + WG_OB : m1;
-        wg_products(j, 16, v, mb, o0, o1);
+        wg_products(j, 16, v, mb, o0, o1, tp.count);
         wg_output_transform(j, mb, o0, o1, &tp);
     }
 }
@@ -1002,12 +1043,12 @@ AVX512 static void wg4_unit(const wg_job *j, float *scratch, int64_t m0, int64_t
     float *v = scratch, *mb = v + W4_E * c * NR;
     wg4_tiles tp;
     wg4_plan_tiles(j, blk * NR, &tp);
-    for (int64_t ci = 0; ci < c; ci++) /* every lane, so lanes past the last tile hold zeros */
-        for (int grp = 0; grp < NR / LANES; grp++)
+    for (int64_t ci = 0; ci < c; ci++) /* every lane read, so lanes past the last tile hold zeros */
+        for (int grp = 0; grp < panel_lanes(tp.count) / LANES; grp++)
             wg4_input_transform(j->x + ci * plane, g->w, &tp, grp, v + ci * NR + grp * LANES, c * NR);
     for (int64_t o0 = m0; o0 < m1; o0 += WG_OB) {
         int64_t o1 = o0 + WG_OB < m1 ? o0 + WG_OB : m1;
-        wg_products(j, W4_E, v, mb, o0, o1);
+        wg_products(j, W4_E, v, mb, o0, o1, tp.count);
         wg4_output_transform(j, mb, o0, o1, &tp);
     }
 }
