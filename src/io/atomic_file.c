@@ -82,20 +82,17 @@ graft_status graft_atomic_open(graft_atomic_file *af, const char *path) {
     return GRAFT_OK;
 }
 
-/* The spare as the temporary file: renamed over the empty file mkstemp made, then
- * opened for writing (its permission bits set as graft_atomic_open sets them).  False,
- * with af as it was, where it is missing, not a regular file, has another name, or any
- * step fails. */
+/* The spare as the temporary file: opened for writing, given the permission bits
+ * graft_atomic_open gave mkstemp's file, then renamed over that file.  False, with af and
+ * the spare as they were, where it is missing, not a regular file, has another name, or
+ * any step fails. */
 static bool take_spare(graft_atomic_file *af, const char *spare) {
-    struct stat st;
-    if (lstat(spare, &st) != 0 || !S_ISREG(st.st_mode) || st.st_nlink != 1) return false;
-    if (rename(spare, af->tmp_path) != 0) return false;
-    int fd = open(af->tmp_path, O_WRONLY | O_CLOEXEC | O_NOFOLLOW);
-    struct stat now;
-    if (fd < 0 || fstat(fd, &now) != 0 || now.st_ino != st.st_ino || now.st_dev != st.st_dev ||
-        fchmod(fd, st.st_mode & 07777) != 0) {
-        if (fd >= 0) close(fd);
-        rename(af->tmp_path, spare); /* as it was */
+    int fd = open(spare, O_WRONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0) return false;
+    struct stat st, want;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_nlink != 1 || fstat(af->fd, &want) != 0 ||
+        fchmod(fd, want.st_mode & 07777) != 0 || rename(spare, af->tmp_path) != 0) {
+        close(fd);
         return false;
     }
     close(af->fd); /* mkstemp's file, replaced by the rename */

@@ -41,8 +41,9 @@ graft_status graft_atomic_open(graft_atomic_file *af, const char *path);
  * with a spare name beside it ("<path>.spare").  Writing a large file into new pages and
  * freeing the old one cost more than overwriting pages already cached (ext4 here, 411 MB:
  * 0.48 s to write new, 0.54 s to free, 0.14 s to overwrite).  So where spare names a
- * regular file with no other name, that file becomes the temporary file and is
- * overwritten from its start (commit cuts it to the bytes written); and commit keeps the
+ * regular file with no other name, that file becomes the temporary file (with the
+ * permission bits graft_atomic_open would give it) and is overwritten from its start
+ * (commit cuts it to the bytes written); and commit keeps the
  * target it replaces under the name spare, for the next write, instead of the rename
  * freeing it.  Readers still see the old target or the whole new one.  A spare that is
  * missing or has other names (a hard link made since) is not touched: a new temporary

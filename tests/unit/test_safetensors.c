@@ -1206,6 +1206,8 @@ static void atomic_open_over_reuses_a_spare_and_keeps_the_replaced_file_as_the_n
     write_bytes(path, "target v1", 9);
     write_bytes(spare, "an older and longer file", 24);
     ino_t spare_ino = inode_of(spare), target_ino = inode_of(path);
+    assert_int_equal(chmod(path, 0640), 0); /* the new file takes the target's bits, not the spare's */
+    assert_int_equal(chmod(spare, 0600), 0);
 
     graft_atomic_file af;
     assert_int_equal(graft_atomic_open_over(&af, path, spare), GRAFT_OK);
@@ -1215,6 +1217,9 @@ static void atomic_open_over_reuses_a_spare_and_keeps_the_replaced_file_as_the_n
     assert_int_equal(graft_atomic_commit(&af), GRAFT_OK);
     expect_bytes(path, "v2"); /* cut to the bytes written */
     assert_true(inode_of(path) == spare_ino);
+    struct stat st;
+    assert_int_equal(stat(path, &st), 0);
+    assert_int_equal(st.st_mode & 0777, 0640);
     expect_bytes(spare, "target v1"); /* the replaced file, the next spare */
     assert_true(inode_of(spare) == target_ino);
     assert_int_equal(scratch_entries_containing("over.bin.tmp."), 0);
