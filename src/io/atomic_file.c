@@ -47,7 +47,6 @@ graft_status graft_atomic_open(graft_atomic_file *af, const char *path) {
     af->path = NULL;
     af->tmp_path = NULL;
     af->spare = NULL;
-    af->reused = false;
     af->written = 0;
     if (!path || !*path) return graft_error(GRAFT_ERR_INVALID, "atomic write: empty file name");
 
@@ -97,7 +96,6 @@ static bool take_spare(graft_atomic_file *af, const char *spare) {
     }
     close(af->fd); /* mkstemp's file, replaced by the rename */
     af->fd = fd;
-    af->reused = true;
     return true;
 }
 
@@ -163,7 +161,8 @@ graft_status graft_atomic_commit(graft_atomic_file *af) {
     int fd = af->fd;
     af->fd = -1;
     int e = 0;
-    if (af->reused && ftruncate(fd, (off_t)af->written) != 0) e = errno; /* the old bytes past the new end */
+    /* a spare taken over may hold old bytes past the new end (on a new file: no change) */
+    if (ftruncate(fd, (off_t)af->written) != 0) e = errno;
     if (!e && fsync(fd) != 0) e = errno;
     /* close can report a delayed write error (e.g. NFS); it must be checked too. */
     if (close(fd) != 0 && !e) e = errno;

@@ -29,7 +29,6 @@ typedef struct graft_atomic_file {
     char *path;      /* the target, owned */
     char *tmp_path;  /* the temporary file, owned */
     char *spare;     /* graft_atomic_open_over's spare, owned; NULL otherwise */
-    bool reused;     /* the temporary file is the old spare, overwritten from its start */
     size_t written;  /* bytes written so far */
 } graft_atomic_file;
 
