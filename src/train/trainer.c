@@ -29,7 +29,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <unistd.h>
 
 #include "core/clock.h"
 #include "core/error.h"
@@ -475,16 +474,20 @@ static graft_status restore_state(trainer *t, const graft_tensor_map *state) {
 
 /* ---- saving -------------------------------------------------------------------- */
 
-/* The spares of the files rewritten every epoch (graft_atomic_open_over), removed when
- * the trainer is freed. */
-#define SPARE_SUFFIX ".spare"
+/* The files rewritten every epoch are written over a spare beside them
+ * (graft_atomic_open_over), "<name>.spare" in the run folder; the trainer removes the
+ * spares when it is freed. */
 static const char *const spared[] = {"last.safetensors", "last.state.safetensors"};
+
+static void spare_in(const trainer *t, const char *name, char *buf, size_t size) {
+    snprintf(buf, size, "%s/%s.spare", t->c.out_dir, name);
+}
 
 /* name in the run folder, written over its spare where spared. */
 static graft_status save_checkpoint(trainer *t, const char *name, bool spare) {
-    char path[4096], spare_path[4096 + sizeof SPARE_SUFFIX];
+    char path[4096], spare_path[4096];
     path_in(t, name, path, sizeof path);
-    snprintf(spare_path, sizeof spare_path, "%s" SPARE_SUFFIX, path);
+    spare_in(t, name, spare_path, sizeof spare_path);
     graft_checkpoint_meta meta = {
         .arch = (char *)graft_model_arch(t->model),
         .num_classes = graft_model_num_classes(t->model),
@@ -535,9 +538,9 @@ static graft_status save_state(trainer *t) {
 #undef META
     if (!s) s = graft_tensor_map_set_meta(m, "config", config);
     if (!s) s = graft_tensor_map_set_meta(m, "metrics_jsonl", t->jsonl.data ? t->jsonl.data : "");
-    char spare[sizeof path + sizeof SPARE_SUFFIX];
+    char spare[4096];
     path_in(t, "last.state.safetensors", path, sizeof path);
-    snprintf(spare, sizeof spare, "%s" SPARE_SUFFIX, path);
+    spare_in(t, "last.state.safetensors", spare, sizeof spare);
     if (!s) s = graft_safetensors_save_over(path, m, spare);
     free(config);
     graft_tensor_map_free(m);
@@ -802,10 +805,9 @@ static void summary(trainer *t) {
 
 static void trainer_free(trainer *t) {
     for (size_t i = 0; t->c.out_dir && i < sizeof spared / sizeof spared[0]; i++) {
-        char path[4096], spare[sizeof path + sizeof SPARE_SUFFIX];
-        path_in(t, spared[i], path, sizeof path);
-        snprintf(spare, sizeof spare, "%s" SPARE_SUFFIX, path);
-        if (access(spare, F_OK) == 0) graft_old_files_remove(&t->replaced, spare);
+        char spare[4096];
+        spare_in(t, spared[i], spare, sizeof spare);
+        graft_old_files_remove(&t->replaced, spare); /* one never made: an unlink that fails */
     }
     graft_old_files_release(&t->replaced);
     graft_old_files_wait(&t->replaced);
