@@ -215,61 +215,22 @@ AVX512 static void pack_panel(const graft_conv2d_geom *g, const float *x, const 
 
 /* ---- the micro-kernel ---------------------------------------------------------- */
 
-/* C [8, 48] (row stride ldc) = (accumulate ? C : 0) + A [8, kc] . B [kc, 48];
- * A's rows are lda floats apart (W in place), B is a packed panel. */
-AVX512 static void kernel_8x48(int64_t kc, const float *a, int64_t lda, const float *b, float *c, int64_t ldc,
-                               int accumulate) {
-    __m512 c00, c01, c02, c10, c11, c12, c20, c21, c22, c30, c31, c32;
-    __m512 c40, c41, c42, c50, c51, c52, c60, c61, c62, c70, c71, c72;
-#define LOAD_ROW(r)                                                                                    \
-    if (accumulate) {                                                                                  \
-        c##r##0 = _mm512_loadu_ps(c + r * ldc);                                                        \
-        c##r##1 = _mm512_loadu_ps(c + r * ldc + 16);                                                   \
-        c##r##2 = _mm512_loadu_ps(c + r * ldc + 32);                                                   \
-    } else {                                                                                           \
-        c##r##0 = c##r##1 = c##r##2 = _mm512_setzero_ps();                                             \
-    }
-    LOAD_ROW(0) LOAD_ROW(1) LOAD_ROW(2) LOAD_ROW(3) LOAD_ROW(4) LOAD_ROW(5) LOAD_ROW(6) LOAD_ROW(7)
-    const float *a0 = a, *a1 = a + lda, *a2 = a + 2 * lda, *a3 = a + 3 * lda;
-    const float *a4 = a + 4 * lda, *a5 = a + 5 * lda, *a6 = a + 6 * lda, *a7 = a + 7 * lda;
-    for (int64_t k = 0; k < kc; k++) {
-        /* the panel streams from L2: ask for the rows a few steps ahead */
-        _mm_prefetch((const char *)(b + PREFETCH_ROWS * NR), _MM_HINT_T0);
-        _mm_prefetch((const char *)(b + PREFETCH_ROWS * NR + 16), _MM_HINT_T0);
-        _mm_prefetch((const char *)(b + PREFETCH_ROWS * NR + 32), _MM_HINT_T0);
-        __m512 b0 = _mm512_load_ps(b), b1 = _mm512_load_ps(b + 16), b2 = _mm512_load_ps(b + 32);
-        b += NR;
-#define FMA_ROW(r)                                                                                     \
-    {                                                                                                  \
-        __m512 ar = _mm512_set1_ps(a##r[k]);                                                           \
-        c##r##0 = _mm512_fmadd_ps(ar, b0, c##r##0);                                                    \
-        c##r##1 = _mm512_fmadd_ps(ar, b1, c##r##1);                                                    \
-        c##r##2 = _mm512_fmadd_ps(ar, b2, c##r##2);                                                    \
-    }
-        FMA_ROW(0) FMA_ROW(1) FMA_ROW(2) FMA_ROW(3) FMA_ROW(4) FMA_ROW(5) FMA_ROW(6) FMA_ROW(7)
-#undef FMA_ROW
-    }
-#define STORE_ROW(r)                                                                                   \
-    _mm512_storeu_ps(c + r * ldc, c##r##0);                                                            \
-    _mm512_storeu_ps(c + r * ldc + 16, c##r##1);                                                       \
-    _mm512_storeu_ps(c + r * ldc + 32, c##r##2);
-    STORE_ROW(0) STORE_ROW(1) STORE_ROW(2) STORE_ROW(3) STORE_ROW(4) STORE_ROW(5) STORE_ROW(6) STORE_ROW(7)
-#undef STORE_ROW
-#undef LOAD_ROW
-}
-
-/* C [8, 16 nv] = A [8, kc] . B [kc, 16 nv] for nv = 1 or 2 vectors of a panel whose rows
- * are NR floats apart: a panel's last tiles when they fill only part of it (64 tiles are a
- * panel of 48 and one of 16; the full kernel on the second did three times its work). */
-AVX512_INLINE void kernel_8xv(int nv, int64_t kc, const float *a, int64_t lda, const float *b, float *c,
-                              int64_t ldc) {
-    __m512 acc[8][2];
+/* C [8, 16 nv] (row stride ldc) = (accumulate ? C : 0) + A [8, kc] . B [kc, 16 nv] for
+ * nv = 1..3 vectors: A's rows are lda floats apart (W in place), B is a packed panel whose
+ * rows are NR floats apart.  nv is a constant at every call, so the accumulators stay in
+ * registers. */
+AVX512_INLINE void kernel_8xv(int nv, int64_t kc, const float *a, int64_t lda, const float *b, float *c, int64_t ldc,
+                              bool accumulate) {
+    __m512 acc[8][3];
     for (int r = 0; r < 8; r++)
-        for (int v = 0; v < nv; v++) acc[r][v] = _mm512_setzero_ps();
+        for (int v = 0; v < nv; v++) acc[r][v] = accumulate ? _mm512_loadu_ps(c + r * ldc + v * LANES) : _mm512_setzero_ps();
     for (int64_t k = 0; k < kc; k++) {
-        _mm_prefetch((const char *)(b + PREFETCH_ROWS * NR), _MM_HINT_T0);
-        __m512 bv[2];
-        for (int v = 0; v < nv; v++) bv[v] = _mm512_load_ps(b + v * LANES);
+        __m512 bv[3];
+        for (int v = 0; v < nv; v++) {
+            /* the panel streams from L2: ask for the rows a few steps ahead */
+            _mm_prefetch((const char *)(b + PREFETCH_ROWS * NR + v * LANES), _MM_HINT_T0);
+            bv[v] = _mm512_load_ps(b + v * LANES);
+        }
         b += NR;
         for (int r = 0; r < 8; r++) {
             __m512 ar = _mm512_set1_ps(a[r * lda + k]);
@@ -280,20 +241,28 @@ AVX512_INLINE void kernel_8xv(int nv, int64_t kc, const float *a, int64_t lda, c
         for (int v = 0; v < nv; v++) _mm512_storeu_ps(c + r * ldc + v * LANES, acc[r][v]);
 }
 
+/* The full panel: C [8, 48]. */
+AVX512 static void kernel_8x48(int64_t kc, const float *a, int64_t lda, const float *b, float *c, int64_t ldc,
+                               int accumulate) {
+    kernel_8xv(3, kc, a, lda, b, c, ldc, accumulate != 0);
+}
+
 /* The lanes of a panel of cols tiles that kernel_8x_cols reads (and the input transforms
  * fill): the whole panel, or the vectors the narrow kernel takes. */
 static inline int64_t panel_lanes(int64_t cols) {
     return cols <= 2 * LANES ? (cols + LANES - 1) / LANES * LANES : NR;
 }
 
-/* The products of a panel holding cols tiles (the rest zero): the full kernel, or the
- * narrow one where a third or two thirds of the panel hold them. */
+/* The products of a panel holding cols tiles (the rest zero), from zero: the whole panel,
+ * or only its first vectors where a third or two thirds of it hold the tiles (64 tiles
+ * are a panel of 48 and one of 16; the whole panel on the second did three times the
+ * work). */
 AVX512 static void kernel_8x_cols(int64_t cols, int64_t kc, const float *a, int64_t lda, const float *b, float *c,
                                   int64_t ldc) {
     if (cols <= LANES)
-        kernel_8xv(1, kc, a, lda, b, c, ldc);
+        kernel_8xv(1, kc, a, lda, b, c, ldc, false);
     else if (cols <= 2 * LANES)
-        kernel_8xv(2, kc, a, lda, b, c, ldc);
+        kernel_8xv(2, kc, a, lda, b, c, ldc, false);
     else
         kernel_8x48(kc, a, lda, b, c, ldc, 0);
 }
