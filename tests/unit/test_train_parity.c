@@ -77,8 +77,9 @@ static void check(const char *expected, const char *init, const char *arch, cons
     graft_tensor_map_free(got);
     graft_tensor_map_free(want);
     graft_tensor_map_free(start);
-    const char *files[] = {"last.safetensors", "last.state.safetensors", "best.safetensors", "metrics.jsonl"};
-    for (size_t i = 0; i < 4; i++) {
+    const char *files[] = {"last.safetensors", "last.state.safetensors", "best.safetensors", "metrics.jsonl",
+                           "per_class.csv", "confusion.csv"};
+    for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
         snprintf(path, sizeof path, "%s/%s", out, files[i]);
         unlink(path);
     }
