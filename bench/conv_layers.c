@@ -7,7 +7,9 @@
  * For each of the 13 layers (distinct shapes once) it times, interleaved so load from other
  * processes hits all alike: graft_conv2d_forward (or the input gradient, --backward) with
  * the kernel graft chooses, Winograd F(4x4, 3x3), Winograd F(2x2, 3x3), the AVX-512
- * implicit-GEMM kernel and the im2col + BLAS kernel, and one graft_sgemm of the layer's GEMM shape on a ready-made col
+ * implicit-GEMM kernel, the im2col + BLAS kernel and Winograd F(2x2, 3x3) with BLAS
+ * products (on a CPU without AVX-512 the three AVX-512 columns run what those settings
+ * fall back to), and one graft_sgemm of the layer's GEMM shape on a ready-made col
  * (what any im2col design costs at least).  GFLOP/s are 2 * oc * K * n * P / median
  * seconds, whatever the kernel did.  It also prints how far each Winograd kernel's
  * outputs are from the im2col kernel's.  The last line is "gflops_per_s N": the chosen
@@ -56,13 +58,13 @@ int main(int argc, char **argv) {
     graft_ctx_init(&ctx, 1);
     printf("VGG16 %s, %dx%d, batch %d, %d threads, median of %d\n", backward ? "input gradients" : "forward", size,
            size, batch, graft_num_threads(), iters);
-    printf("%-24s %12s %12s %12s %12s %12s %12s %9s %9s\n", "layer", "chosen", "winograd4x4", "winograd2x2",
-           "avx512", "im2col+BLAS", "bare SGEMM", "diff 4x4", "diff 2x2");
+    printf("%-24s %12s %12s %12s %12s %12s %12s %12s %9s %9s %9s\n", "layer", "chosen", "winograd4x4", "winograd2x2",
+           "avx512", "im2col+BLAS", "wino2+BLAS", "bare SGEMM", "diff 4x4", "diff 2x2", "diff w+B");
     /* "chosen" is the kernel graft_conv2d_forward picks by itself; Winograd runs where the
      * shape allows it (every 3x3 layer here), else the direct kernel. */
-    enum { NK = 5 };
-    static const graft_conv2d_kernel kinds[NK] = {GRAFT_CONV2D_AUTO, GRAFT_CONV2D_WINOGRAD4, GRAFT_CONV2D_WINOGRAD,
-                                                  GRAFT_CONV2D_AVX512, GRAFT_CONV2D_GEMM};
+    enum { NK = 6 };
+    static const graft_conv2d_kernel kinds[NK] = {GRAFT_CONV2D_AUTO,   GRAFT_CONV2D_WINOGRAD4, GRAFT_CONV2D_WINOGRAD,
+                                                  GRAFT_CONV2D_AVX512, GRAFT_CONV2D_GEMM,      GRAFT_CONV2D_WGEMM};
     double total_flops = 0, total[NK + 1] = {0};
     for (size_t l = 0; l < sizeof layers / sizeof layers[0]; l++) {
         graft_conv2d_geom g = {.n = batch, .c = layers[l][0], .h = size / layers[l][2], .w = size / layers[l][2],
@@ -98,10 +100,11 @@ int main(int argc, char **argv) {
         graft_conv2d_set_kernel(GRAFT_CONV2D_AUTO);
         /* the largest difference of each Winograd kernel from the BLAS one, relative to its
          * largest output (the direct kernel's is checked by the tests) */
-        double diff4 = 0, diff2 = 0, mag = 1e-30;
+        double diff4 = 0, diff2 = 0, diffb = 0, mag = 1e-30;
         for (size_t i = 0; i < nout; i++) {
             diff4 = fmax(diff4, fabs((double)out[1][i] - out[4][i]));
             diff2 = fmax(diff2, fabs((double)out[2][i] - out[4][i]));
+            diffb = fmax(diffb, fabs((double)out[5][i] - out[4][i]));
             mag = fmax(mag, fabs((double)out[4][i]));
         }
         double flops = 2.0 * (double)g.oc * (double)k * (double)cols, med[NK + 1];
@@ -114,7 +117,7 @@ int main(int argc, char **argv) {
                  (long long)g.w, repeats[l]);
         printf("%-24s", name);
         for (int q = 0; q <= NK; q++) printf(" %12.1f", flops / med[q] / 1e9);
-        printf(" %9.1e %9.1e\n", diff4 / mag, diff2 / mag);
+        printf(" %9.1e %9.1e %9.1e\n", diff4 / mag, diff2 / mag, diffb / mag);
         total_flops += repeats[l] * flops;
         for (int q = 0; q < NK; q++) free(out[q]);
         free(x), free(w), free(b), free(dy), free(col), free(prod);

@@ -9,3 +9,12 @@ bool graft_cpu_avx512f(void) {
     return false;
 #endif
 }
+
+bool graft_cpu_avx2(void) {
+#if GRAFT_HAVE_AVX2_BUILD
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#else
+    return false;
+#endif
+}

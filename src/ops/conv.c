@@ -52,9 +52,25 @@ static bool winograd4_pays(const graft_conv2d_geom *g) {
     return g->oh >= 8 && g->ow >= 8 && 10 * g->oh * g->ow >= 9 * tiled && (g->c >= 128 || g->oc >= 128);
 }
 
-graft_conv2d_kernel graft_conv2d_forward_kernel(const graft_conv2d_geom *g) {
-    if (forced_kernel == GRAFT_CONV2D_GEMM || !graft_conv2d_avx512_available() || !graft_conv2d_avx512_fits(g))
+/* Input channels from which WGEMM measured faster than GEMM on this kind of CPU
+ * (docs/performance.md): with fewer, the products' sums are too short for the
+ * transforms to pay. */
+#define WGEMM_MIN_CHANNELS 16
+
+/* The kernel where the CPU has no AVX-512 (or the sizes rule its kernels out). */
+static graft_conv2d_kernel portable_kernel(const graft_conv2d_geom *g) {
+    if (forced_kernel == GRAFT_CONV2D_WGEMM)
+        return graft_conv2d_wgemm_fits(g) ? GRAFT_CONV2D_WGEMM : GRAFT_CONV2D_GEMM;
+    if (forced_kernel == GRAFT_CONV2D_GEMM || forced_kernel == GRAFT_CONV2D_AVX512 || !graft_conv2d_wgemm_fits(g))
         return GRAFT_CONV2D_GEMM;
+    return forced_kernel != GRAFT_CONV2D_AUTO || g->c >= WGEMM_MIN_CHANNELS ? GRAFT_CONV2D_WGEMM
+                                                                          : GRAFT_CONV2D_GEMM;
+}
+
+graft_conv2d_kernel graft_conv2d_forward_kernel(const graft_conv2d_geom *g) {
+    if (forced_kernel == GRAFT_CONV2D_GEMM || forced_kernel == GRAFT_CONV2D_WGEMM ||
+        !graft_conv2d_avx512_available() || !graft_conv2d_avx512_fits(g))
+        return portable_kernel(g);
     if (graft_conv2d_winograd4_fits(g) &&
         (forced_kernel == GRAFT_CONV2D_WINOGRAD4 || (forced_kernel == GRAFT_CONV2D_AUTO && winograd4_pays(g))))
         return GRAFT_CONV2D_WINOGRAD4;
@@ -62,18 +78,20 @@ graft_conv2d_kernel graft_conv2d_forward_kernel(const graft_conv2d_geom *g) {
     return GRAFT_CONV2D_AVX512;
 }
 
-/* The AVX-512 kernels' scratch, and the forward with one (never GEMM). */
-static size_t avx512_workspace_floats(graft_conv2d_kernel k, const graft_conv2d_geom *g) {
-    return k == GRAFT_CONV2D_WINOGRAD4  ? graft_conv2d_winograd4_workspace_floats(g)
-           : k == GRAFT_CONV2D_WINOGRAD ? graft_conv2d_winograd_workspace_floats(g)
-                                        : graft_conv2d_avx512_workspace_floats(g);
+/* The scratch of the kernels that do not lower to GEMM, and the forward with one. */
+static size_t direct_workspace_floats(graft_conv2d_kernel k, const graft_conv2d_geom *g) {
+    return k == GRAFT_CONV2D_WGEMM       ? graft_conv2d_wgemm_workspace_floats(g)
+           : k == GRAFT_CONV2D_WINOGRAD4 ? graft_conv2d_winograd4_workspace_floats(g)
+           : k == GRAFT_CONV2D_WINOGRAD  ? graft_conv2d_winograd_workspace_floats(g)
+                                         : graft_conv2d_avx512_workspace_floats(g);
 }
 
-static graft_status avx512_forward(graft_conv2d_kernel k, const graft_conv2d_geom *g, const float *x, const float *w,
+static graft_status direct_forward(graft_conv2d_kernel k, const graft_conv2d_geom *g, const float *x, const float *w,
                                    const float *b, float *y, float *scratch) {
-    return k == GRAFT_CONV2D_WINOGRAD4  ? graft_conv2d_forward_winograd4(g, x, w, b, y, scratch)
-           : k == GRAFT_CONV2D_WINOGRAD ? graft_conv2d_forward_winograd(g, x, w, b, y, scratch)
-                                        : graft_conv2d_forward_avx512(g, x, w, b, y, scratch);
+    return k == GRAFT_CONV2D_WGEMM       ? graft_conv2d_forward_wgemm(g, x, w, b, y, scratch)
+           : k == GRAFT_CONV2D_WINOGRAD4 ? graft_conv2d_forward_winograd4(g, x, w, b, y, scratch)
+           : k == GRAFT_CONV2D_WINOGRAD  ? graft_conv2d_forward_winograd(g, x, w, b, y, scratch)
+                                         : graft_conv2d_forward_avx512(g, x, w, b, y, scratch);
 }
 
 /* ---- geometry ------------------------------------------------------------- */
@@ -287,9 +305,9 @@ graft_status graft_conv2d_forward(graft_ctx *ctx, const graft_conv2d_geom *g, co
                                   const float *w, const float *b, float *y) {
     graft_conv2d_kernel kernel = graft_conv2d_forward_kernel(g);
     if (kernel != GRAFT_CONV2D_GEMM) {
-        float *scratch = graft_ctx_workspace(ctx, avx512_workspace_floats(kernel, g));
+        float *scratch = graft_ctx_workspace(ctx, direct_workspace_floats(kernel, g));
         if (!scratch) return GRAFT_ERR_NOMEM;
-        return avx512_forward(kernel, g, x, w, b, y, scratch);
+        return direct_forward(kernel, g, x, w, b, y, scratch);
     }
     graft_status s = check_blas_dims(g);
     if (s != GRAFT_OK) return s;
@@ -351,9 +369,10 @@ void graft_conv2d_held_free(graft_conv2d_held *h) {
 graft_status graft_conv2d_forward_held(graft_ctx *ctx, const graft_conv2d_geom *g, const float *x, const float *w,
                                        const float *b, float *y, graft_conv2d_held **held) {
     graft_conv2d_kernel kernel = graft_conv2d_forward_kernel(g);
-    if (kernel != GRAFT_CONV2D_WINOGRAD && kernel != GRAFT_CONV2D_WINOGRAD4)
+    if (kernel != GRAFT_CONV2D_WINOGRAD && kernel != GRAFT_CONV2D_WINOGRAD4 && kernel != GRAFT_CONV2D_WGEMM)
         return graft_conv2d_forward(ctx, g, x, w, b, y);
     int tile = kernel == GRAFT_CONV2D_WINOGRAD4 ? 4 : 2;
+    bool portable = kernel == GRAFT_CONV2D_WGEMM;
     graft_conv2d_held *h = *held;
     if (!h) {
         if (!(h = *held = calloc(1, sizeof *h))) return graft_error(GRAFT_ERR_NOMEM, "out of memory");
@@ -361,15 +380,18 @@ graft_status graft_conv2d_forward_held(graft_ctx *ctx, const graft_conv2d_geom *
     }
     if (!h->u || h->kernel != kernel || h->w != w || h->c != g->c || h->oc != g->oc) {
         h->u = NULL; /* nothing valid while it is rewritten */
-        float *u = graft_ctx_workspace(&h->store, graft_conv2d_winograd_weights_floats(g, tile));
+        float *u = graft_ctx_workspace(&h->store, portable ? graft_conv2d_wgemm_weights_floats(g)
+                                                           : graft_conv2d_winograd_weights_floats(g, tile));
         if (!u) return GRAFT_ERR_NOMEM;
-        graft_status s = graft_conv2d_winograd_prepare(g, tile, w, u);
+        graft_status s = portable ? graft_conv2d_wgemm_prepare(g, w, u) : graft_conv2d_winograd_prepare(g, tile, w, u);
         if (s) return s;
         h->u = u, h->kernel = kernel, h->w = w, h->c = g->c, h->oc = g->oc;
     }
-    float *scratch = graft_ctx_workspace(ctx, graft_conv2d_winograd_prepared_workspace_floats(g, tile));
+    float *scratch = graft_ctx_workspace(ctx, portable ? graft_conv2d_wgemm_prepared_workspace_floats(g)
+                                                       : graft_conv2d_winograd_prepared_workspace_floats(g, tile));
     if (!scratch) return GRAFT_ERR_NOMEM;
-    return graft_conv2d_forward_winograd_prepared(g, tile, x, h->u, b, y, scratch);
+    return portable ? graft_conv2d_forward_wgemm_prepared(g, x, h->u, b, y, scratch)
+                    : graft_conv2d_forward_winograd_prepared(g, tile, x, h->u, b, y, scratch);
 }
 
 /* ---- backward ------------------------------------------------------------- */
@@ -416,11 +438,11 @@ static graft_status dx_by_forward(graft_ctx *ctx, const graft_conv2d_geom *g, co
     dx_as_forward(g, &t);
     graft_conv2d_kernel kernel = graft_conv2d_forward_kernel(&t);
     size_t wt_floats = (size_t)(g->oc * g->c * g->kh * g->kw);
-    float *ws = graft_ctx_workspace(ctx, wt_floats + avx512_workspace_floats(kernel, &t));
+    float *ws = graft_ctx_workspace(ctx, wt_floats + direct_workspace_floats(kernel, &t));
     if (!ws) return GRAFT_ERR_NOMEM;
     flip_job j = {.g = g, .w = w, .wt = ws};
     graft_parallel_for(g->c, 1 + PAR_GRAIN_FLOATS / (g->oc * g->kh * g->kw), flip_range, &j);
-    return avx512_forward(kernel, &t, dy, ws, NULL, dx, ws + wt_floats);
+    return direct_forward(kernel, &t, dy, ws, NULL, dx, ws + wt_floats);
 }
 
 /* x [n, c, h, w], w [oc, c, kh, kw], dy [n, oc, oh, ow] ->

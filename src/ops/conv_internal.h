@@ -15,12 +15,15 @@
  *           gradient where that is such a convolution.
  *   WINOGRAD4 (conv_avx512.c) Winograd F(4x4, 3x3) for the same convolutions: 4x fewer
  *           multiplications than the direct sums, with larger rounding differences.
+ *   WGEMM   (conv_wgemm.c) Winograd F(2x2, 3x3) with its 16 products in BLAS SGEMMs and
+ *           portable transforms: the same convolutions as WINOGRAD, on any CPU.
  * GRAFT_CONV2D_AUTO picks WINOGRAD4 where it measured faster than WINOGRAD (maps of 8 x 8
  * and more that 4x4 tiles cover with little waste, 128 channels on one side: conv.c),
  * else WINOGRAD where the shape allows it (and its transformed weights fit the default
  * workspace bound) and the CPU has AVX-512,
  * else AVX512 where the CPU has it (both measured faster than GEMM on every VGG layer,
- * docs/performance.md), else GEMM. */
+ * docs/performance.md), else WGEMM where the shape allows it and the layer has at least
+ * WGEMM_MIN_CHANNELS input channels (it measured faster than GEMM there), else GEMM. */
 #ifndef GRAFT_OPS_CONV_INTERNAL_H
 #define GRAFT_OPS_CONV_INTERNAL_H
 
@@ -46,12 +49,14 @@ typedef enum graft_conv2d_kernel {
     GRAFT_CONV2D_GEMM,
     GRAFT_CONV2D_AVX512,
     GRAFT_CONV2D_WINOGRAD,
-    GRAFT_CONV2D_WINOGRAD4
+    GRAFT_CONV2D_WINOGRAD4,
+    GRAFT_CONV2D_WGEMM
 } graft_conv2d_kernel;
 
 /* Forces a kernel for every later conv call (AUTO restores the default); WINOGRAD4 falls
  * back to WINOGRAD, and WINOGRAD to AVX512, where the shape rules it out, AVX512 to GEMM
- * where the CPU or the sizes rule it out.  Process-wide, like the workspace bound: for tests and benchmarks. */
+ * where the CPU or the sizes rule it out; where the CPU has no AVX-512, the three of them
+ * take WGEMM where the shape allows it.  WGEMM runs wherever the shape allows it, else GEMM.  Process-wide, like the workspace bound: for tests and benchmarks. */
 void graft_conv2d_set_kernel(graft_conv2d_kernel k);
 /* The kernel graft_conv2d_forward would use for g now. */
 graft_conv2d_kernel graft_conv2d_forward_kernel(const graft_conv2d_geom *g);
@@ -91,5 +96,27 @@ size_t graft_conv2d_winograd_prepared_workspace_floats(const graft_conv2d_geom *
 graft_status graft_conv2d_winograd_prepare(const graft_conv2d_geom *g, int tile, const float *w, float *u);
 graft_status graft_conv2d_forward_winograd_prepared(const graft_conv2d_geom *g, int tile, const float *x,
                                                     const float *u, const float *b, float *y, float *scratch);
+
+/* ---- conv_wgemm.c ---- */
+
+/* Whether g is a 3x3, stride-1, padding-1 convolution within the kernel's sizes. */
+bool graft_conv2d_wgemm_fits(const graft_conv2d_geom *g);
+/* Scratch in floats for graft_conv2d_forward_wgemm with the current thread count. */
+size_t graft_conv2d_wgemm_workspace_floats(const graft_conv2d_geom *g);
+/* x [n, c, h, w], w [oc, c, 3, 3], b [oc] or NULL -> y [n, oc, oh, ow] (with g->relu
+ * applied), threaded on graft's pool. */
+graft_status graft_conv2d_forward_wgemm(const graft_conv2d_geom *g, const float *x, const float *w,
+                                        const float *b, float *y, float *scratch);
+/* The same in two steps, as the AVX-512 Winograd kernels': the weights transformed into u
+ * (graft_conv2d_wgemm_weights_floats(g) floats, cache-line aligned), then forwards from u
+ * with graft_conv2d_wgemm_prepared_workspace_floats(g) floats of scratch. */
+size_t graft_conv2d_wgemm_weights_floats(const graft_conv2d_geom *g);
+size_t graft_conv2d_wgemm_prepared_workspace_floats(const graft_conv2d_geom *g);
+graft_status graft_conv2d_wgemm_prepare(const graft_conv2d_geom *g, const float *w, float *u);
+graft_status graft_conv2d_forward_wgemm_prepared(const graft_conv2d_geom *g, const float *x, const float *u,
+                                                 const float *b, float *y, float *scratch);
+/* Whether later calls run the transforms' portable loops even where the AVX2 ones would
+ * run (false restores them): for tests, which compare the two. */
+void graft_conv2d_wgemm_set_portable(bool portable);
 
 #endif

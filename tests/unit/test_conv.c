@@ -10,6 +10,7 @@
 
 #include <cmocka.h>
 
+#include "core/cpu.h"
 #include "core/ctx.h"
 #include "core/rng.h"
 #include "core/threads.h"
@@ -421,6 +422,7 @@ static void test_fast_backward_matches_reference(void **state) {
 static int reset_kernel(void **state) {
     (void)state;
     graft_conv2d_set_kernel(GRAFT_CONV2D_AUTO);
+    graft_conv2d_wgemm_set_portable(false);
     assert_int_equal(graft_set_num_threads(3), GRAFT_OK);
     return 0;
 }
@@ -445,7 +447,8 @@ static void check_kernel(graft_conv2d_kernel kernel, const graft_conv2d_geom *ge
         static const char *names[][2] = {[GRAFT_CONV2D_GEMM] = {"gemm kernel y", "gemm kernel dx"},
                                          [GRAFT_CONV2D_AVX512] = {"avx512 kernel y", "avx512 kernel dx"},
                                          [GRAFT_CONV2D_WINOGRAD] = {"winograd kernel y", "winograd kernel dx"},
-                                         [GRAFT_CONV2D_WINOGRAD4] = {"winograd4 kernel y", "winograd4 kernel dx"}};
+                                         [GRAFT_CONV2D_WINOGRAD4] = {"winograd4 kernel y", "winograd4 kernel dx"},
+                                         [GRAFT_CONV2D_WGEMM] = {"wgemm kernel y", "wgemm kernel dx"}};
         report(names[kernel][0], i, ey);
         report(names[kernel][1], i, ex);
         if (ey > FAST_TOL || ex > FAST_TOL || ew > FAST_TOL || eb > FAST_TOL) describe(&p.g);
@@ -508,13 +511,29 @@ static void test_winograd4_kernel_matches_reference(void **state) {
     check_winograd(GRAFT_CONV2D_WINOGRAD4, 2700);
 }
 
+/* Winograd with BLAS products runs on any CPU: with the AVX2 loops where the CPU has them,
+ * and with the portable loops and OpenBLAS (set_portable, on every CPU). */
+static void test_wgemm_kernel_matches_reference(void **state) {
+    (void)state;
+    for (int portable = 0; portable < 2; portable++) {
+        graft_conv2d_wgemm_set_portable(portable);
+        assert_int_equal(graft_set_num_threads(3), GRAFT_OK);
+        check_kernel(GRAFT_CONV2D_WGEMM, winograd_geoms, COUNT(winograd_geoms), 2900 + 500 * (uint64_t)portable);
+        check_kernel(GRAFT_CONV2D_WGEMM, kernel_geoms, COUNT(kernel_geoms), 3000 + 500 * (uint64_t)portable);
+        check_kernel(GRAFT_CONV2D_WGEMM, fast_geoms, COUNT(fast_geoms), 3100 + 500 * (uint64_t)portable);
+        assert_int_equal(graft_set_num_threads(1), GRAFT_OK);
+        check_kernel(GRAFT_CONV2D_WGEMM, winograd_geoms, COUNT(winograd_geoms), 3200 + 500 * (uint64_t)portable);
+    }
+}
+
 static void test_forward_kernel_follows_cpu_and_setting(void **state) {
     (void)state;
     graft_conv2d_geom g = kernel_geoms[0], g5 = kernel_geoms[2]; /* 3x3 pad 1; 5x5 */
     assert_int_equal(graft_conv2d_geom_init(&g), GRAFT_OK);
     assert_int_equal(graft_conv2d_geom_init(&g5), GRAFT_OK);
     int avx = graft_conv2d_avx512_available();
-    graft_conv2d_kernel best = avx ? GRAFT_CONV2D_WINOGRAD : GRAFT_CONV2D_GEMM;
+    /* without AVX-512: Winograd with BLAS products where the shape allows it */
+    graft_conv2d_kernel best = avx ? GRAFT_CONV2D_WINOGRAD : GRAFT_CONV2D_WGEMM;
     graft_conv2d_kernel direct = avx ? GRAFT_CONV2D_AVX512 : GRAFT_CONV2D_GEMM;
     assert_int_equal(graft_conv2d_forward_kernel(&g), best);
     assert_int_equal(graft_conv2d_forward_kernel(&g5), direct);
@@ -536,7 +555,7 @@ static void test_forward_kernel_follows_cpu_and_setting(void **state) {
 
     /* F(4x4, 3x3) where it measured faster: maps of 8 x 8 and more that 4x4 tiles cover
      * with little waste, and 128 channels on one side */
-    graft_conv2d_kernel four = avx ? GRAFT_CONV2D_WINOGRAD4 : GRAFT_CONV2D_GEMM;
+    graft_conv2d_kernel four = avx ? GRAFT_CONV2D_WINOGRAD4 : GRAFT_CONV2D_WGEMM;
     graft_conv2d_geom v = {.n = 2, .c = 64, .h = 16, .w = 16, .oc = 128, .kh = 3, .kw = 3,
                            .sh = 1, .sw = 1, .ph = 1, .pw = 1};
     graft_conv2d_set_kernel(GRAFT_CONV2D_AUTO);
@@ -559,6 +578,18 @@ static void test_forward_kernel_follows_cpu_and_setting(void **state) {
     graft_conv2d_set_kernel(GRAFT_CONV2D_WINOGRAD4); /* forced: wherever the shape allows */
     assert_int_equal(graft_conv2d_forward_kernel(&g), four);
     assert_int_equal(graft_conv2d_forward_kernel(&g5), direct);
+
+    /* WGEMM forced runs wherever the shape allows it, on every CPU; else GEMM */
+    graft_conv2d_set_kernel(GRAFT_CONV2D_WGEMM);
+    assert_int_equal(graft_conv2d_forward_kernel(&g), GRAFT_CONV2D_WGEMM);
+    assert_int_equal(graft_conv2d_forward_kernel(&g5), GRAFT_CONV2D_GEMM);
+    /* by itself, without AVX-512, not on fewer than 16 input channels (VGG's first layer) */
+    graft_conv2d_geom first = {.n = 2, .c = 3, .h = 32, .w = 32, .oc = 64, .kh = 3, .kw = 3,
+                               .sh = 1, .sw = 1, .ph = 1, .pw = 1};
+    assert_int_equal(graft_conv2d_geom_init(&first), GRAFT_OK);
+    assert_int_equal(graft_conv2d_forward_kernel(&first), GRAFT_CONV2D_WGEMM);
+    graft_conv2d_set_kernel(GRAFT_CONV2D_AUTO);
+    assert_int_equal(graft_conv2d_forward_kernel(&first), avx ? GRAFT_CONV2D_WINOGRAD : GRAFT_CONV2D_GEMM);
 }
 
 /* The AVX-512 kernels (direct and Winograd) split outputs between threads, never a sum:
@@ -604,6 +635,30 @@ static void test_avx512_results_do_not_depend_on_threads(void **state) {
     check_avx512_kernels(check_threads, 2000);
 }
 
+/* WGEMM on the geometries of both lists it runs (the rest take the GEMM kernel, whose
+ * BLAS sums may depend on the split): with the AVX2 loops where the CPU has them, and with
+ * the portable loops too when asked. */
+static void check_wgemm_kernels(kernel_check check, uint64_t seed, bool portable_too) {
+    graft_conv2d_geom runs[COUNT(kernel_geoms) + COUNT(winograd_geoms)];
+    int count = 0;
+    for (int i = 0; i < COUNT(kernel_geoms) + COUNT(winograd_geoms); i++) {
+        graft_conv2d_geom g = i < COUNT(kernel_geoms) ? kernel_geoms[i] : winograd_geoms[i - COUNT(kernel_geoms)];
+        assert_int_equal(graft_conv2d_geom_init(&g), GRAFT_OK);
+        if (graft_conv2d_wgemm_fits(&g)) runs[count++] = g;
+    }
+    assert_true(count >= 10);
+    for (int portable = 0; portable < (portable_too ? 2 : 1); portable++) {
+        graft_conv2d_wgemm_set_portable(portable);
+        check(GRAFT_CONV2D_WGEMM, runs, count, seed + 100 * (uint64_t)portable);
+    }
+    graft_conv2d_wgemm_set_portable(false);
+}
+
+static void test_wgemm_results_do_not_depend_on_threads(void **state) {
+    (void)state;
+    check_wgemm_kernels(check_threads, 4000, true);
+}
+
 /* The AVX-512 kernels give an image the same outputs whatever the batch around it (the
  * feature cache runs its trunk on larger batches than training does): each image of a
  * batch against the same image run alone, bit for bit. */
@@ -644,6 +699,16 @@ static void test_avx512_results_do_not_depend_on_the_batch(void **state) {
     check_avx512_kernels(check_batch, 2100);
 }
 
+/* The batch only where the CPU runs the AVX2 loops: BLAS's sum for a tile may depend on
+ * where the tile falls in the call (measured with OpenBLAS), so the portable path gives an
+ * image's outputs to within rounding of what it gives the image alone, like the GEMM
+ * kernel. */
+static void test_wgemm_results_do_not_depend_on_the_batch(void **state) {
+    (void)state;
+    if (!graft_cpu_avx2()) skip();
+    check_wgemm_kernels(check_batch, 4200, false);
+}
+
 /* The fused ReLU (g.relu) gives exactly the plain forward followed by graft_relu_forward,
  * with either kernel: NaN passes, negative values and -0 become +0. */
 static void check_fused_relu(graft_conv2d_kernel kernel, uint64_t seed) {
@@ -673,6 +738,9 @@ static void test_fused_relu_matches_relu_after(void **state) {
     if (graft_conv2d_avx512_available()) check_fused_relu(GRAFT_CONV2D_AVX512, 2200);
     if (graft_conv2d_avx512_available()) check_fused_relu(GRAFT_CONV2D_WINOGRAD, 2250);
     if (graft_conv2d_avx512_available()) check_fused_relu(GRAFT_CONV2D_WINOGRAD4, 2260);
+    check_fused_relu(GRAFT_CONV2D_WGEMM, 2270);
+    graft_conv2d_wgemm_set_portable(true);
+    check_fused_relu(GRAFT_CONV2D_WGEMM, 2280);
 }
 
 /* ---- gradient conventions --------------------------------------------------- */
@@ -958,6 +1026,10 @@ static void test_held_forward_gives_the_same_bits(void **state) {
     (void)state;
     check_held(GRAFT_CONV2D_AUTO, 3100);
     check_held(GRAFT_CONV2D_GEMM, 3200);
+    check_held(GRAFT_CONV2D_WGEMM, 3250);
+    graft_conv2d_wgemm_set_portable(true);
+    check_held(GRAFT_CONV2D_WGEMM, 3260);
+    graft_conv2d_wgemm_set_portable(false);
     if (!graft_conv2d_avx512_available()) return;
     check_held(GRAFT_CONV2D_WINOGRAD, 3300);
     check_held(GRAFT_CONV2D_WINOGRAD4, 3400);
@@ -985,9 +1057,12 @@ int main(void) {
         cmocka_unit_test_teardown(test_avx512_kernel_matches_reference, reset_kernel),
         cmocka_unit_test_teardown(test_winograd_kernel_matches_reference, reset_kernel),
         cmocka_unit_test_teardown(test_winograd4_kernel_matches_reference, reset_kernel),
+        cmocka_unit_test_teardown(test_wgemm_kernel_matches_reference, reset_kernel),
         cmocka_unit_test_teardown(test_forward_kernel_follows_cpu_and_setting, reset_kernel),
         cmocka_unit_test_teardown(test_avx512_results_do_not_depend_on_threads, reset_kernel),
         cmocka_unit_test_teardown(test_avx512_results_do_not_depend_on_the_batch, reset_kernel),
+        cmocka_unit_test_teardown(test_wgemm_results_do_not_depend_on_threads, reset_kernel),
+        cmocka_unit_test_teardown(test_wgemm_results_do_not_depend_on_the_batch, reset_kernel),
         cmocka_unit_test_teardown(test_fused_relu_matches_relu_after, reset_kernel),
         cmocka_unit_test_teardown(test_held_forward_gives_the_same_bits, reset_kernel),
         cmocka_unit_test(test_fast_backward_accumulates_dw_and_db),

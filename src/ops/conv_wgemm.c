@@ -1,0 +1,490 @@
+/* conv_wgemm.c — Winograd F(2x2, 3x3) for the 3x3, stride-1, padding-1 convolutions (all
+ * of VGG's) on CPUs without AVX-512, where conv_avx512.c's kernels do not run: with AVX2
+ * loops and a micro-kernel of our own where the CPU has AVX2 and FMA, else with portable
+ * loops and BLAS for the products.
+ *
+ * Lavin and Gray's algorithm, in the layout of their GEMM formulation: an output tile of
+ * 2x2 reads a 4x4 input patch d, and for each of the 16 elements e of the transformed
+ * tile
+ *
+ *   U_e [oc, c] = (G g G^T)_e     per pair of channels, from the weights g, once per call
+ *                                 (or once while they stay the same: conv.c's held path)
+ *   V_e [c, tiles] = (B^T d B)_e  per input channel and tile
+ *   M_e [oc, tiles] = U_e . V_e   16 matrix products
+ *   Y = A^T M A                   per output channel and tile, plus the bias and ReLU
+ *
+ * so the products are 16 / 36 of the direct convolution's.  The transforms are additions
+ * along contiguous rows (the same formulas, in the same order, as conv_avx512.c's
+ * F(2x2, 3x3)).
+ *
+ * Tiles are numbered (image, tile row, tile column) and taken in chunks of chunk_tiles(g),
+ * a function of the channel counts only, small enough that a chunk's V and M stay in L2
+ * between the transform and the products.  The work units, (chunk, part of the output
+ * channels), are split over graft's pool, each thread with its own V and M.  Deep layers
+ * on small maps have few chunks, and then the AVX2 path splits the output channels too,
+ * in multiples of 16 rows.
+ *
+ * Each output is the same float whatever the thread count or the batch around its image
+ * (the feature cache runs the trunk on larger batches than training does; test_conv
+ * checks it bit for bit):
+ *   - the AVX2 micro-kernel sums every output over c = 0..c-1 in order with fused
+ *     multiply-adds, whichever rows and tiles share its block;
+ *   - BLAS's sums may depend on the shape of the call, so the portable path calls it with
+ *     one shape for every chunk of a layer: all output channels, and the chunk's tiles
+ *     padded with zeros to chunk_tiles(g). */
+#include "ops/conv_internal.h"
+
+#include <cblas.h>
+#include <limits.h>
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "core/cpu.h"
+#include "core/error.h"
+#include "core/threads.h"
+#include "graft/graft.h"
+
+#define WB_ELEMENTS 16       /* a transformed 4x4 tile */
+#define WB_ALIGN_FLOATS 16   /* 64-byte alignment of each thread's scratch */
+#define WB_ROW_ALIGN 16      /* output-channel parts are multiples of this many rows */
+/* A chunk's V [16][c][tiles] is about this many floats (256 KiB), within 32..4096 tiles:
+ * measured on VGG16's layers on a Zen 3 (512 KiB of L2 per core), where chunks of 4 and 16
+ * times the size ran 10-35% slower and the deep layers gained most from small ones. */
+#define WB_CHUNK_FLOATS ((int64_t)64 * 1024)
+#define WB_CHUNK_MIN 32
+#define WB_CHUNK_MAX 4096
+
+bool graft_conv2d_wgemm_fits(const graft_conv2d_geom *g) {
+    if (!(g->kh == 3 && g->kw == 3 && g->sh == 1 && g->sw == 1 && g->ph == 1 && g->pw == 1)) return false;
+    if (g->c > INT_MAX || g->oc > INT_MAX) return false;
+    /* the transformed weights within the default workspace bound, like conv_avx512.c's */
+    return g->oc <= (int64_t)(GRAFT_CONV2D_WORKSPACE_LIMIT_FLOATS / WB_ELEMENTS) / g->c;
+}
+
+static bool portable_loops; /* tests: the transforms' portable loops even where AVX2 runs */
+
+void graft_conv2d_wgemm_set_portable(bool portable) { portable_loops = portable; }
+
+static int64_t round_up(int64_t v, int64_t to) { return (v + to - 1) / to * to; }
+
+/* Tiles per chunk: a function of g's channels only, never of the batch. */
+static int64_t chunk_tiles(const graft_conv2d_geom *g) {
+    int64_t wide = g->c > g->oc ? g->c : g->oc;
+    int64_t t = WB_CHUNK_FLOATS / (WB_ELEMENTS * wide) / 16 * 16;
+    return t < WB_CHUNK_MIN ? WB_CHUNK_MIN : t > WB_CHUNK_MAX ? WB_CHUNK_MAX : t;
+}
+
+/* One thread's V [16][c][tc], M [16][oc][tc] and the four transformed input rows. */
+static size_t thread_floats(const graft_conv2d_geom *g) {
+    int64_t tc = chunk_tiles(g);
+    size_t f = (size_t)(WB_ELEMENTS * (g->c * (tc + 16) + round_up(g->oc, WB_ROW_ALIGN) * tc) + 4 * (g->w + 4));
+    return (size_t)round_up((int64_t)f, WB_ALIGN_FLOATS);
+}
+
+size_t graft_conv2d_wgemm_weights_floats(const graft_conv2d_geom *g) {
+    return (size_t)round_up(WB_ELEMENTS * g->oc * g->c, WB_ALIGN_FLOATS);
+}
+
+size_t graft_conv2d_wgemm_prepared_workspace_floats(const graft_conv2d_geom *g) {
+    /* the threads' parts, and a row of zeros for the padding rows */
+    return (size_t)graft_num_threads() * thread_floats(g) + (size_t)round_up(g->w, WB_ALIGN_FLOATS) +
+           2 * WB_ALIGN_FLOATS;
+}
+
+size_t graft_conv2d_wgemm_workspace_floats(const graft_conv2d_geom *g) {
+    return WB_ALIGN_FLOATS + graft_conv2d_wgemm_weights_floats(g) + graft_conv2d_wgemm_prepared_workspace_floats(g);
+}
+
+/* ---- the weights: U_e [oc, c] = (G g G^T)_e ------------------------------------------ */
+
+typedef struct wb_weights_job {
+    const graft_conv2d_geom *g;
+    const float *w; /* [oc, c, 3, 3] */
+    float *u;       /* [16][oc][c] */
+} wb_weights_job;
+
+static void weights_range(void *arg, int64_t begin, int64_t end) {
+    const wb_weights_job *j = arg;
+    int64_t c = j->g->c, plane = j->g->oc * c;
+    for (int64_t o = begin; o < end; o++)
+        for (int64_t ci = 0; ci < c; ci++) {
+            const float *k = j->w + (o * c + ci) * 9;
+            float gg[4][3];
+            for (int col = 0; col < 3; col++) { /* G g */
+                float a = k[col], b = k[3 + col], d = k[6 + col], ad = a + d;
+                gg[0][col] = a;
+                gg[1][col] = 0.5f * (ad + b);
+                gg[2][col] = 0.5f * (ad - b);
+                gg[3][col] = d;
+            }
+            float *dst = j->u + o * c + ci;
+            for (int r = 0; r < 4; r++) { /* (G g) G^T */
+                float a = gg[r][0], b = gg[r][1], d = gg[r][2], ad = a + d;
+                dst[(r * 4 + 0) * plane] = a;
+                dst[(r * 4 + 1) * plane] = 0.5f * (ad + b);
+                dst[(r * 4 + 2) * plane] = 0.5f * (ad - b);
+                dst[(r * 4 + 3) * plane] = d;
+            }
+        }
+}
+
+graft_status graft_conv2d_wgemm_prepare(const graft_conv2d_geom *g, const float *w, float *u) {
+    if (!graft_conv2d_wgemm_fits(g))
+        return graft_error(GRAFT_ERR_UNSUPPORTED, "conv2d: Winograd needs a 3x3, stride-1, padding-1 kernel");
+    wb_weights_job j = {.g = g, .w = w, .u = u};
+    graft_parallel_for(g->oc, 1 + 4096 / (9 * g->c), weights_range, &j);
+    return GRAFT_OK;
+}
+
+/* ---- the tiles ----------------------------------------------------------------------- */
+
+typedef struct wb_job {
+    const graft_conv2d_geom *g;
+    const float *x, *u, *b;
+    float *y;
+    const float *zeros; /* a row of w zeros: the padding rows */
+    float *scratch;
+    size_t scratch_stride;
+    int64_t th, tw, tiles, tc, chunks, parts, units;
+    int64_t ldv; /* floats between rows of V_e: tc plus a cache line, so that rows do not
+                  * fall on the same few sets of L1 */
+    bool avx2; /* the transforms' AVX2 loops */
+} wb_job;
+
+/* A run of tiles in one tile row: its image, tile row, first tile column and count, the
+ * index of its first tile within the chunk, and the tiles of the chunk from it on. */
+typedef struct wb_segment {
+    int64_t image, ty, tx, count, at, left;
+} wb_segment;
+
+/* The first segment of the tiles [t0, t1), t0 < t1. */
+static wb_segment first_segment(const wb_job *j, int64_t t0, int64_t t1) {
+    wb_segment s = {.image = t0 / (j->th * j->tw), .ty = t0 / j->tw % j->th, .tx = t0 % j->tw, .left = t1 - t0};
+    s.count = j->tw - s.tx < s.left ? j->tw - s.tx : s.left;
+    return s;
+}
+
+/* Moves s to the next segment; false after the last. */
+static bool next_segment(const wb_job *j, wb_segment *s) {
+    s->at += s->count;
+    if (!(s->left -= s->count)) return false;
+    s->tx = 0;
+    if (++s->ty == j->th) s->ty = 0, s->image++;
+    s->count = j->tw < s->left ? j->tw : s->left;
+    return true;
+}
+
+/* The loops of the transforms, in portable C and in AVX2 (8 tiles or columns at a time,
+ * the same additions in the same order, so the same bits: test_conv compares them). */
+
+/* B^T d, by columns: u_r[p] from the four patch rows d_r (d_r[p - 1] is padded column p),
+ * for p in [lo, hi). */
+static void combine_rows(const float *const d[4], float *const u[4], int64_t lo, int64_t hi) {
+    for (int64_t p = lo; p < hi; p++) {
+        u[0][p] = d[0][p - 1] - d[2][p - 1];
+        u[1][p] = d[1][p - 1] + d[2][p - 1];
+        u[2][p] = d[2][p - 1] - d[1][p - 1];
+        u[3][p] = d[1][p - 1] - d[3][p - 1];
+    }
+}
+
+/* (B^T d) B, by rows: from q = u_r at the segment's first padded column, V_{r,0..3} of
+ * tiles [i0, i1) into v[0..3]. */
+static void combine_columns(const float *q, float *const v[4], int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; i++) {
+        float a = q[2 * i], b = q[2 * i + 1], c = q[2 * i + 2], d = q[2 * i + 3];
+        v[0][i] = a - c;
+        v[1][i] = b + c;
+        v[2][i] = c - b;
+        v[3][i] = b - d;
+    }
+}
+
+/* An output plus its bias, through the fused ReLU when asked, under graft_relu_forward's
+ * rule (positive values and NaN pass, the rest is +0). */
+static inline float finish(float y, float bias, bool relu) {
+    y += bias;
+    return relu && !(y > 0.0f || isnan(y)) ? 0.0f : y;
+}
+
+/* Y = A^T M A of tiles [i0, i1) of a segment: m_e at m + e * es, output rows y0 and y1
+ * (NULL past the map's bottom); tiles from `whole` on have no right column. */
+static void finish_tiles(const float *m, int64_t es, int64_t i0, int64_t i1, int64_t whole, float bias, bool relu,
+                         float *y0, float *y1) {
+    for (int64_t i = i0; i < i1; i++) {
+        float sr[2][4];
+        for (int col = 0; col < 4; col++) { /* A^T M, by columns */
+            float m0 = m[(0 * 4 + col) * es + i], m1 = m[(1 * 4 + col) * es + i];
+            float m2 = m[(2 * 4 + col) * es + i], m3 = m[(3 * 4 + col) * es + i];
+            sr[0][col] = m0 + m1 + m2;
+            sr[1][col] = m1 - m2 - m3;
+        }
+        float *dst[2] = {y0, y1};
+        for (int r = 0; r < 2 && dst[r]; r++) { /* (A^T M) A, by rows */
+            dst[r][2 * i] = finish(sr[r][0] + sr[r][1] + sr[r][2], bias, relu);
+            if (i < whole) dst[r][2 * i + 1] = finish(sr[r][1] - sr[r][2] - sr[r][3], bias, relu);
+        }
+    }
+}
+
+#if GRAFT_HAVE_AVX2_BUILD
+#include <immintrin.h>
+#define AVX2 __attribute__((target("avx2")))
+
+AVX2 static void combine_rows_avx2(const float *const d[4], float *const u[4], int64_t lo, int64_t hi) {
+    int64_t p = lo;
+    for (; p + 8 <= hi; p += 8) {
+        __m256 d0 = _mm256_loadu_ps(d[0] + p - 1), d1 = _mm256_loadu_ps(d[1] + p - 1);
+        __m256 d2 = _mm256_loadu_ps(d[2] + p - 1), d3 = _mm256_loadu_ps(d[3] + p - 1);
+        _mm256_storeu_ps(u[0] + p, _mm256_sub_ps(d0, d2));
+        _mm256_storeu_ps(u[1] + p, _mm256_add_ps(d1, d2));
+        _mm256_storeu_ps(u[2] + p, _mm256_sub_ps(d2, d1));
+        _mm256_storeu_ps(u[3] + p, _mm256_sub_ps(d1, d3));
+    }
+    combine_rows(d, u, p, hi);
+}
+
+/* The even and the odd floats of q [0, 16), in order. */
+AVX2 static inline void deinterleave(const float *q, __m256 *even, __m256 *odd) {
+    __m256 lo = _mm256_loadu_ps(q), hi = _mm256_loadu_ps(q + 8);
+    __m256 e = _mm256_shuffle_ps(lo, hi, _MM_SHUFFLE(2, 0, 2, 0)), o = _mm256_shuffle_ps(lo, hi, _MM_SHUFFLE(3, 1, 3, 1));
+    *even = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(e), _MM_SHUFFLE(3, 1, 2, 0)));
+    *odd = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(o), _MM_SHUFFLE(3, 1, 2, 0)));
+}
+
+AVX2 static void combine_columns_avx2(const float *q, float *const v[4], int64_t i0, int64_t i1) {
+    int64_t i = i0;
+    for (; i + 8 <= i1; i += 8) {
+        __m256 a, b, c, d;
+        deinterleave(q + 2 * i, &a, &b);
+        deinterleave(q + 2 * i + 2, &c, &d);
+        _mm256_storeu_ps(v[0] + i, _mm256_sub_ps(a, c));
+        _mm256_storeu_ps(v[1] + i, _mm256_add_ps(b, c));
+        _mm256_storeu_ps(v[2] + i, _mm256_sub_ps(c, b));
+        _mm256_storeu_ps(v[3] + i, _mm256_sub_ps(b, d));
+    }
+    combine_columns(q, v, i, i1);
+}
+
+/* M_e [rows][n] (rows ldm floats apart) = U_e [rows][k] (rows ldu apart) . V_e [k][n]
+ * (rows ldv apart), n a multiple of 16: blocks of WB_MR rows x 16 tiles in 12 ymm
+ * registers, U read in place (one broadcast per row and k), each output summed over
+ * k = 0..k-1 in order with fused multiply-adds. */
+#define WB_MR 6
+AVX2 __attribute__((target("fma"), always_inline)) static inline void product_block(
+    int rows, const float *u, int64_t ldu, const float *v, int64_t ldv, int64_t k, float *m, int64_t ldm) {
+    __m256 acc[WB_MR][2];
+    for (int r = 0; r < rows; r++) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+    for (int64_t kk = 0; kk < k; kk++) {
+        __m256 b0 = _mm256_load_ps(v + kk * ldv), b1 = _mm256_load_ps(v + kk * ldv + 8);
+        for (int r = 0; r < rows; r++) {
+            __m256 a = _mm256_broadcast_ss(u + r * ldu + kk);
+            acc[r][0] = _mm256_fmadd_ps(a, b0, acc[r][0]);
+            acc[r][1] = _mm256_fmadd_ps(a, b1, acc[r][1]);
+        }
+    }
+    for (int r = 0; r < rows; r++) {
+        _mm256_store_ps(m + r * ldm, acc[r][0]);
+        _mm256_store_ps(m + r * ldm + 8, acc[r][1]);
+    }
+}
+
+AVX2 __attribute__((target("fma"))) static void products_avx2(const float *u, int64_t rows, int64_t k, const float *v,
+                                                              int64_t ldv, int64_t n, float *m, int64_t ldm) {
+    for (int64_t r0 = 0; r0 < rows; r0 += WB_MR) {
+        const float *ur = u + r0 * k;
+        float *mr = m + r0 * ldm;
+        for (int64_t t = 0; t < n; t += 16) switch (rows - r0 < WB_MR ? rows - r0 : WB_MR) {
+            case 6: product_block(6, ur, k, v + t, ldv, k, mr + t, ldm); break;
+            case 5: product_block(5, ur, k, v + t, ldv, k, mr + t, ldm); break;
+            case 4: product_block(4, ur, k, v + t, ldv, k, mr + t, ldm); break;
+            case 3: product_block(3, ur, k, v + t, ldv, k, mr + t, ldm); break;
+            case 2: product_block(2, ur, k, v + t, ldv, k, mr + t, ldm); break;
+            default: product_block(1, ur, k, v + t, ldv, k, mr + t, ldm); break;
+            }
+    }
+}
+
+AVX2 static inline __m256 finish_avx2(__m256 y, __m256 bias, bool relu) {
+    y = _mm256_add_ps(y, bias);
+    return relu ? _mm256_and_ps(y, _mm256_cmp_ps(y, _mm256_setzero_ps(), _CMP_NLE_UQ)) : y;
+}
+
+/* Writes a and b interleaved: dst[2k] = a[k], dst[2k + 1] = b[k]. */
+AVX2 static inline void store_pairs(float *dst, __m256 a, __m256 b) {
+    __m256 lo = _mm256_unpacklo_ps(a, b), hi = _mm256_unpackhi_ps(a, b);
+    _mm256_storeu_ps(dst, _mm256_permute2f128_ps(lo, hi, 0x20));
+    _mm256_storeu_ps(dst + 8, _mm256_permute2f128_ps(lo, hi, 0x31));
+}
+
+AVX2 static void finish_tiles_avx2(const float *m, int64_t es, int64_t i0, int64_t i1, int64_t whole, float bias,
+                                   bool relu, float *y0, float *y1) {
+    __m256 vb = _mm256_set1_ps(bias);
+    int64_t i = i0;
+    for (; i + 8 <= i1 && i + 8 <= whole; i += 8) {
+        __m256 sr[2][4];
+        for (int col = 0; col < 4; col++) {
+            __m256 m0 = _mm256_loadu_ps(m + (0 * 4 + col) * es + i), m1 = _mm256_loadu_ps(m + (1 * 4 + col) * es + i);
+            __m256 m2 = _mm256_loadu_ps(m + (2 * 4 + col) * es + i), m3 = _mm256_loadu_ps(m + (3 * 4 + col) * es + i);
+            sr[0][col] = _mm256_add_ps(_mm256_add_ps(m0, m1), m2);
+            sr[1][col] = _mm256_sub_ps(_mm256_sub_ps(m1, m2), m3);
+        }
+        float *dst[2] = {y0, y1};
+        for (int r = 0; r < 2 && dst[r]; r++)
+            store_pairs(dst[r] + 2 * i,
+                        finish_avx2(_mm256_add_ps(_mm256_add_ps(sr[r][0], sr[r][1]), sr[r][2]), vb, relu),
+                        finish_avx2(_mm256_sub_ps(_mm256_sub_ps(sr[r][1], sr[r][2]), sr[r][3]), vb, relu));
+    }
+    finish_tiles(m, es, i, i1, whole, bias, relu, y0, y1);
+}
+#endif
+
+/* V_e [c][tc] for the tiles [t0, t1): per channel and segment, the four patch rows are
+ * combined down the columns (B^T d) along the segment, then across (. B) per tile. */
+static void input_transform(const wb_job *j, int64_t t0, int64_t t1, float *v, float *rows) {
+    const graft_conv2d_geom *g = j->g;
+    int64_t c = g->c, h = g->h, w = g->w, plane = h * w, ld = j->ldv, es = c * ld;
+    float *const u[4] = {rows, rows + (w + 4), rows + 2 * (w + 4), rows + 3 * (w + 4)};
+    wb_segment s = first_segment(j, t0, t1);
+    do {
+        /* padded column p holds input column p - 1; the segment reads p in [2 tx, 2 (tx + count) + 2) */
+        int64_t pa = 2 * s.tx, pb = 2 * (s.tx + s.count) + 2;
+        int64_t lo = pa > 1 ? pa : 1, hi = pb < w + 1 ? pb : w + 1; /* the columns inside the image */
+        for (int64_t ci = 0; ci < c; ci++) {
+            const float *d[4];
+            for (int r = 0; r < 4; r++) {
+                int64_t iy = 2 * s.ty - 1 + r;
+                d[r] = iy >= 0 && iy < h ? j->x + (s.image * c + ci) * plane + iy * w : j->zeros;
+            }
+            for (int r = 0; r < 4; r++) {
+                for (int64_t p = pa; p < lo; p++) u[r][p] = 0.0f;
+                for (int64_t p = hi; p < pb; p++) u[r][p] = 0.0f;
+            }
+            float *vt = v + ci * ld + s.at;
+#if GRAFT_HAVE_AVX2_BUILD
+            if (j->avx2) {
+                combine_rows_avx2(d, u, lo, hi);
+                for (int r = 0; r < 4; r++) {
+                    float *const vr[4] = {vt + (r * 4) * es, vt + (r * 4 + 1) * es, vt + (r * 4 + 2) * es,
+                                          vt + (r * 4 + 3) * es};
+                    combine_columns_avx2(u[r] + pa, vr, 0, s.count);
+                }
+                continue;
+            }
+#endif
+            combine_rows(d, u, lo, hi);
+            for (int r = 0; r < 4; r++) {
+                float *const vr[4] = {vt + (r * 4) * es, vt + (r * 4 + 1) * es, vt + (r * 4 + 2) * es,
+                                      vt + (r * 4 + 3) * es};
+                combine_columns(u[r] + pa, vr, 0, s.count);
+            }
+        }
+    } while (next_segment(j, &s));
+    /* the products run on whole panels of 16 tiles, BLAS's on the whole chunk: zeros past
+     * the last tile */
+    int64_t n = t1 - t0, n16 = j->avx2 ? round_up(n, 16) : j->tc;
+    if (n16 > n)
+        for (int64_t row = 0; row < WB_ELEMENTS * c; row++) memset(v + row * ld + n, 0, (size_t)(n16 - n) * sizeof(float));
+}
+
+/* Y = A^T M A for output channels [o0, o1) of the tiles [t0, t1): m holds M_e [16][rows][tc]
+ * for the channels from o0. */
+static void output_transform(const wb_job *j, int64_t t0, int64_t t1, const float *m, int64_t o0, int64_t o1,
+                             int64_t rows) {
+    const graft_conv2d_geom *g = j->g;
+    int64_t oh = g->oh, ow = g->ow, p = oh * ow, tc = j->tc, es = rows * tc;
+    for (int64_t o = o0; o < o1; o++) {
+        float bias = j->b ? j->b[o] : 0.0f;
+        const float *mo = m + (o - o0) * tc;
+        wb_segment s = first_segment(j, t0, t1);
+        do {
+            float *y0 = j->y + (s.image * g->oc + o) * p + 2 * s.ty * ow + 2 * s.tx;
+            float *y1 = 2 * s.ty + 1 < oh ? y0 + ow : NULL;
+            /* tiles whose right column lies inside the map */
+            int64_t whole = 2 * (s.tx + s.count) > ow ? s.count - 1 : s.count;
+#if GRAFT_HAVE_AVX2_BUILD
+            if (j->avx2) {
+                finish_tiles_avx2(mo + s.at, es, 0, s.count, whole, bias, g->relu, y0, y1);
+                continue;
+            }
+#endif
+            finish_tiles(mo + s.at, es, 0, s.count, whole, bias, g->relu, y0, y1);
+        } while (next_segment(j, &s));
+    }
+}
+
+/* Units [u0, u1) of one thread: unit u is chunk u / parts, output-channel part u % parts. */
+static void wb_task(void *arg, int64_t begin, int64_t end) {
+    const wb_job *j = arg;
+    const graft_conv2d_geom *g = j->g;
+    int64_t threads = graft_num_threads(), c = g->c, tc = j->tc;
+    int64_t row_units = round_up(g->oc, WB_ROW_ALIGN) / WB_ROW_ALIGN;
+    for (int64_t task = begin; task < end; task++) {
+        float *v = j->scratch + (size_t)task * j->scratch_stride;
+        float *m = v + WB_ELEMENTS * c * j->ldv;
+        float *rows = m + WB_ELEMENTS * round_up(g->oc, WB_ROW_ALIGN) * tc;
+        int64_t u0 = j->units * task / threads, u1 = j->units * (task + 1) / threads, have = -1;
+        for (int64_t un = u0; un < u1; un++) {
+            int64_t chunk = un / j->parts, part = un % j->parts;
+            int64_t t0 = chunk * tc, t1 = t0 + tc < j->tiles ? t0 + tc : j->tiles;
+            int64_t o0 = row_units * part / j->parts * WB_ROW_ALIGN;
+            int64_t o1 = row_units * (part + 1) / j->parts * WB_ROW_ALIGN;
+            if (o1 > g->oc) o1 = g->oc;
+            if (o0 >= o1) continue;
+            if (have != chunk) input_transform(j, t0, t1, v, rows), have = chunk;
+            int64_t n = t1 - t0, rows_m = o1 - o0, ldv = j->ldv;
+#if GRAFT_HAVE_AVX2_BUILD
+            if (j->avx2) {
+                for (int e = 0; e < WB_ELEMENTS; e++)
+                    products_avx2(j->u + (e * g->oc + o0) * c, rows_m, c, v + e * c * ldv, ldv, round_up(n, 16),
+                                  m + e * rows_m * tc, tc);
+                output_transform(j, t0, t1, m, o0, o1, rows_m);
+                continue;
+            }
+#endif
+            /* BLAS's sums may depend on the shape of the call: every call has the same */
+            for (int e = 0; e < WB_ELEMENTS; e++)
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)rows_m, (int)tc, (int)c, 1.0f,
+                            j->u + (e * g->oc + o0) * c, (int)c, v + e * c * ldv, (int)ldv, 0.0f,
+                            m + e * rows_m * tc, (int)tc);
+            output_transform(j, t0, t1, m, o0, o1, rows_m);
+        }
+    }
+}
+
+static float *aligned(float *p) {
+    uintptr_t a = (uintptr_t)p, to = WB_ALIGN_FLOATS * sizeof(float);
+    return (float *)((a + to - 1) / to * to);
+}
+
+graft_status graft_conv2d_forward_wgemm_prepared(const graft_conv2d_geom *g, const float *x, const float *u,
+                                                 const float *b, float *y, float *scratch) {
+    if (!graft_conv2d_wgemm_fits(g))
+        return graft_error(GRAFT_ERR_UNSUPPORTED, "conv2d: Winograd needs a 3x3, stride-1, padding-1 kernel");
+    int64_t threads = graft_num_threads();
+    wb_job j = {.g = g, .x = x, .u = u, .b = b, .y = y, .th = (g->oh + 1) / 2, .tw = (g->ow + 1) / 2,
+                .tc = chunk_tiles(g), .ldv = chunk_tiles(g) + 16, .avx2 = graft_cpu_avx2() && !portable_loops};
+    float *zeros = aligned(scratch);
+    memset(zeros, 0, (size_t)g->w * sizeof(float));
+    j.zeros = zeros;
+    j.scratch = aligned(zeros + g->w);
+    j.scratch_stride = thread_floats(g);
+    j.tiles = g->n * j.th * j.tw;
+    j.chunks = (j.tiles + j.tc - 1) / j.tc;
+    /* few chunks (deep layers, small maps): split the output channels too, so that every
+     * thread has a share */
+    int64_t row_units = round_up(g->oc, WB_ROW_ALIGN) / WB_ROW_ALIGN;
+    j.parts = j.chunks >= 4 * threads || !j.avx2 ? 1 : (row_units < threads ? row_units : threads);
+    j.units = j.parts * j.chunks;
+    graft_parallel_for(threads, 1, wb_task, &j);
+    return GRAFT_OK;
+}
+
+graft_status graft_conv2d_forward_wgemm(const graft_conv2d_geom *g, const float *x, const float *w,
+                                        const float *b, float *y, float *scratch) {
+    float *u = aligned(scratch);
+    graft_status s = graft_conv2d_wgemm_prepare(g, w, u);
+    if (s) return s;
+    return graft_conv2d_forward_wgemm_prepared(g, x, u, b, y, u + graft_conv2d_wgemm_weights_floats(g));
+}
