@@ -57,7 +57,7 @@ static inline float fma_f(float a, float b, float c) {
 
 /* fma in the update loops: the hardware instruction (one rounding, as PyTorch's vectorised
  * kernels compute add with alpha and addcmul, with Vectorized::fmadd) where hw, which only
- * the loops compiled for AVX-512 pass; fma_f elsewhere. */
+ * the loops compiled for AVX-512 or for AVX2 and FMA pass; fma_f elsewhere. */
 static inline __attribute__((always_inline)) float fma_r(const bool hw, float a, float b, float c) {
     return hw ? __builtin_fmaf(a, b, c) : fma_f(a, b, c);
 }
@@ -525,6 +525,16 @@ AVX512_FN static void adam_range_fma(void *arg, int64_t b, int64_t e) {
 #define HW_FMA 0
 #endif
 
+#if GRAFT_HAVE_AVX2_BUILD
+/* Where the CPU has AVX2 and FMA but not AVX-512: the same loops compiled for AVX2 with
+ * the hardware's fused multiply-add (ymm, one rounding per fma, so the same bits as the
+ * AVX-512 version).  Measured on a Zen 3: the baseline version was 9% of the recipe's
+ * head epochs. */
+#define AVX2_FN __attribute__((target("avx2,fma")))
+AVX2_FN static void sgd_range_avx2(void *arg, int64_t b, int64_t e) { sgd_select(arg, b, e, true); }
+AVX2_FN static void adam_range_avx2(void *arg, int64_t b, int64_t e) { adam_select(arg, b, e, true); }
+#endif
+
 static bool slot_active(const optim_slot *sl) {
     return !(sl->frozen && *sl->frozen) && sl->grad && sl->grad->data;
 }
@@ -533,6 +543,9 @@ static bool slot_active(const optim_slot *sl) {
 static void (*update_range(const graft_optim *opt))(void *, int64_t, int64_t) {
 #if HW_FMA
     if (graft_cpu_avx512f()) return opt->o.kind == GRAFT_OPTIM_SGD ? sgd_range_fma : adam_range_fma;
+#endif
+#if GRAFT_HAVE_AVX2_BUILD
+    if (graft_cpu_avx2()) return opt->o.kind == GRAFT_OPTIM_SGD ? sgd_range_avx2 : adam_range_avx2;
 #endif
     return opt->o.kind == GRAFT_OPTIM_SGD ? sgd_range_base : adam_range_base;
 }
