@@ -4,7 +4,8 @@
  *
  * Kernel choice (docs/performance.md, ops/linear_internal.h): for small batches the
  * forward, the input gradient, and the weight gradient when it is written whole (a
- * gradient zeroed lazily) take linear_avx512.c where the CPU has AVX-512F — on the
+ * gradient zeroed lazily) take linear_avx512.c where the CPU has AVX-512F (the weight
+ * gradient linear_avx2.c where it has AVX2 and FMA only) — on the
  * recipe's 64 x 4096 x 4096 products OpenBLAS's SGEMM spends much of its time packing
  * the weights, and with beta = 0 still clears the output in a pass of its own; larger
  * batches, small heads, other CPUs and accumulated weight gradients take OpenBLAS's
@@ -104,7 +105,9 @@ void graft_linear_backward_ex(graft_ctx *ctx, int64_t n, int64_t in, int64_t out
         if (n <= 0) { /* an empty batch: nothing to add, zeros to set */
             if (set_dw)
                 for (int64_t i = 0; i < out * in; i++) dw[i] = 0.0f;
-        } else if (!(set_dw && try_avx512(n, out) && graft_linear_weight_grad_avx512(ctx, n, in, out, dy, x, dw))) {
+        } else if (!(set_dw && try_avx512(n, out) &&
+                     (graft_linear_weight_grad_avx512(ctx, n, in, out, dy, x, dw) ||
+                      graft_linear_weight_grad_avx2(ctx, n, in, out, dy, x, dw)))) {
             graft_sgemm(true, false, out, in, n, 1.0f, dy, out, x, in, set_dw ? 0.0f : 1.0f, dw, in);
         }
     }
@@ -114,7 +117,8 @@ void graft_linear_backward_ex(graft_ctx *ctx, int64_t n, int64_t in, int64_t out
 bool graft_linear_weight_grad_to_sink(graft_ctx *ctx, int64_t n, int64_t in, int64_t out, const float *x,
                                       const float *dy, const graft_grad_sink *sink) {
     if (n <= 0 || in <= 0 || out <= 0 || !try_avx512(n, out)) return false;
-    return graft_linear_weight_grad_avx512_sink(ctx, n, in, out, dy, x, sink);
+    return graft_linear_weight_grad_avx512_sink(ctx, n, in, out, dy, x, sink) ||
+           graft_linear_weight_grad_avx2_sink(ctx, n, in, out, dy, x, sink);
 }
 
 /* ---- replicated inputs folded into the weight ------------------------------ */

@@ -771,18 +771,17 @@ bool graft_linear_input_grad_avx512(graft_ctx *ctx, int64_t n, int64_t in, int64
 }
 
 void graft_linear_set_sparse_dy(bool on) {
+    graft_linear_avx2_set_sparse_dy(on);
 #if HAVE_AVX512_BUILD
     sparse_dy_enabled = on;
-#else
-    (void)on;
 #endif
 }
 
 uint64_t graft_linear_sparse_dy_count(void) {
 #if HAVE_AVX512_BUILD
-    return __atomic_load_n(&sparse_dy_taken, __ATOMIC_RELAXED);
+    return graft_linear_avx2_sparse_dy_count() + __atomic_load_n(&sparse_dy_taken, __ATOMIC_RELAXED);
 #else
-    return 0;
+    return graft_linear_avx2_sparse_dy_count();
 #endif
 }
 

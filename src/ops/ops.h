@@ -98,7 +98,8 @@ typedef struct graft_grad_sink {
 /* The weight gradient dw = dy^T x (as written whole by graft_linear_backward_ex with
  * set_dw) handed to sink instead of stored, each element the same float as stored.
  * Returns false, having called nothing, where no kernel does this here (the caller then
- * computes dw into memory): it takes the small-batch AVX-512 kernel's cases. */
+ * computes dw into memory): it takes the small-batch AVX-512 kernel's cases, and on CPUs
+ * with AVX2 but not AVX-512 the same cases by linear_avx2.c. */
 bool graft_linear_weight_grad_to_sink(graft_ctx *ctx, int64_t n, int64_t in, int64_t out, const float *x,
                                       const float *dy, const graft_grad_sink *sink);
 void graft_ref_linear_forward(int64_t n, int64_t in, int64_t out, const double *x,

@@ -298,8 +298,13 @@ static void collect_piece(void *user, int64_t begin, int64_t end, int64_t next, 
     pthread_mutex_unlock(&c->lock);
 }
 
-/* Where it runs (AVX-512, batches of at most 128 into 64 outputs or more) the sink gets
- * every element of dw once, after one begin, with exactly the bits the same kernel
+/* Whether this CPU runs a small-batch weight-gradient kernel: AVX-512's, or AVX2's
+ * (which forcing GRAFT_LINEAR_AVX512 selects for the weight gradient where the CPU has no
+ * AVX-512). */
+static bool wgrad_kernel_available(void) { return graft_linear_avx512_available() || graft_linear_avx2_available(); }
+
+/* Where it runs (AVX-512 or AVX2, batches of at most 128 into 64 outputs or more) the sink
+ * gets every element of dw once, after one begin, with exactly the bits the same kernel
  * stores; elsewhere it declines and calls nothing. */
 static void test_weight_grad_to_sink_gives_the_stored_bits(void **state) {
     (void)state;
@@ -315,7 +320,7 @@ static void test_weight_grad_to_sink_gives_the_stored_bits(void **state) {
             collector_init(&c, s.out * s.in);
             graft_grad_sink sink = {collect_begin, collect_piece, &c};
             bool took = graft_linear_weight_grad_to_sink(&ctx, s.n, s.in, s.out, x, dy, &sink);
-            bool expected = graft_linear_avx512_available() && s.out >= 64 && s.n <= 128;
+            bool expected = wgrad_kernel_available() && s.out >= 64 && s.n <= 128;
             assert_int_equal(took, expected);
             if (took) {
                 graft_linear_set_kernel(GRAFT_LINEAR_AVX512);
@@ -354,8 +359,8 @@ static float *masked_dy(const problem *p, double keep, uint64_t seed) {
     return dy;
 }
 
-/* dw = dy^T x written whole by the AVX-512 kernel, with the nonzeros path allowed or not;
- * returns whether it took that path. */
+/* dw = dy^T x written whole by the AVX-512 kernel (AVX2's on a CPU without AVX-512), with
+ * the nonzeros path allowed or not; returns whether it took that path. */
 static bool avx512_dw(const problem *p, const float *x, const float *dy, bool sparse, float *dw) {
     shape s = p->s;
     uint64_t before = graft_linear_sparse_dy_count();
@@ -385,8 +390,8 @@ static double nonzeros_ref_err(const problem *p, const float *dy, const float *g
  * of the double reference; half of dy nonzero or more takes every term. */
 static void test_weight_grad_from_nonzeros_gives_the_dense_bits(void **state) {
     (void)state;
-    if (!graft_linear_avx512_available()) {
-        print_message("no AVX-512F on this CPU: skipped\n");
+    if (!wgrad_kernel_available()) {
+        print_message("no AVX-512F or AVX2 on this CPU: skipped\n");
         return;
     }
     const shape shapes[] = {{64, 4096, 64}, {128, 257, 70}, {7, 33, 65}, {64, 100, 200}, {1, 5, 64}, {3, 1100, 97}};
@@ -482,7 +487,7 @@ static void test_input_grad_from_nonzeros_gives_the_dense_bits(void **state) {
  * and the result has the NaNs of the dense sum: dy [., 0] is all zero, so
  * dw [0, 17] = sum_m 0 * x [m, 17] with x [5, 17] bad, and dx [m, 17] takes 0 * w [0, 17]. */
 static void check_nonfinite(bool in_w) {
-    if (!graft_linear_avx512_available()) {
+    if (in_w ? !graft_linear_avx512_available() : !wgrad_kernel_available()) {
         print_message("no AVX-512F on this CPU: skipped\n");
         return;
     }
