@@ -44,6 +44,7 @@
 #include "core/error.h"
 #include "core/threads.h"
 #include "graft/graft.h"
+#include "ops/gemm_avx2.h"
 
 #define WB_ELEMENTS 16       /* a transformed 4x4 tile */
 #define WB_ALIGN_FLOATS 16   /* 64-byte alignment of each thread's scratch */
@@ -267,45 +268,6 @@ AVX2 static void combine_columns_avx2(const float *q, float *const v[4], int64_t
     combine_columns(q, v, i, i1);
 }
 
-/* M_e [rows][n] (rows ldm floats apart) = U_e [rows][k] (rows ldu apart) . V_e [k][n]
- * (rows ldv apart), n a multiple of 16: blocks of WB_MR rows x 16 tiles in 12 ymm
- * registers, U read in place (one broadcast per row and k), each output summed over
- * k = 0..k-1 in order with fused multiply-adds. */
-#define WB_MR 6
-AVX2 __attribute__((target("fma"), always_inline)) static inline void product_block(
-    int rows, const float *u, int64_t ldu, const float *v, int64_t ldv, int64_t k, float *m, int64_t ldm) {
-    __m256 acc[WB_MR][2];
-    for (int r = 0; r < rows; r++) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
-    for (int64_t kk = 0; kk < k; kk++) {
-        __m256 b0 = _mm256_load_ps(v + kk * ldv), b1 = _mm256_load_ps(v + kk * ldv + 8);
-        for (int r = 0; r < rows; r++) {
-            __m256 a = _mm256_broadcast_ss(u + r * ldu + kk);
-            acc[r][0] = _mm256_fmadd_ps(a, b0, acc[r][0]);
-            acc[r][1] = _mm256_fmadd_ps(a, b1, acc[r][1]);
-        }
-    }
-    for (int r = 0; r < rows; r++) {
-        _mm256_store_ps(m + r * ldm, acc[r][0]);
-        _mm256_store_ps(m + r * ldm + 8, acc[r][1]);
-    }
-}
-
-AVX2 __attribute__((target("fma"))) static void products_avx2(const float *u, int64_t rows, int64_t k, const float *v,
-                                                              int64_t ldv, int64_t n, float *m, int64_t ldm) {
-    for (int64_t r0 = 0; r0 < rows; r0 += WB_MR) {
-        const float *ur = u + r0 * k;
-        float *mr = m + r0 * ldm;
-        for (int64_t t = 0; t < n; t += 16) switch (rows - r0 < WB_MR ? rows - r0 : WB_MR) {
-            case 6: product_block(6, ur, k, v + t, ldv, k, mr + t, ldm); break;
-            case 5: product_block(5, ur, k, v + t, ldv, k, mr + t, ldm); break;
-            case 4: product_block(4, ur, k, v + t, ldv, k, mr + t, ldm); break;
-            case 3: product_block(3, ur, k, v + t, ldv, k, mr + t, ldm); break;
-            case 2: product_block(2, ur, k, v + t, ldv, k, mr + t, ldm); break;
-            default: product_block(1, ur, k, v + t, ldv, k, mr + t, ldm); break;
-            }
-    }
-}
-
 AVX2 static inline __m256 finish_avx2(__m256 y, __m256 bias, bool relu) {
     y = _mm256_add_ps(y, bias);
     return relu ? _mm256_and_ps(y, _mm256_cmp_ps(y, _mm256_setzero_ps(), _CMP_NLE_UQ)) : y;
@@ -437,8 +399,8 @@ static void wb_task(void *arg, int64_t begin, int64_t end) {
 #if GRAFT_HAVE_AVX2_BUILD
             if (j->avx2) {
                 for (int e = 0; e < WB_ELEMENTS; e++)
-                    products_avx2(j->u + (e * g->oc + o0) * c, rows_m, c, v + e * c * ldv, ldv, round_up(n, 16),
-                                  m + e * rows_m * tc, tc);
+                    graft_avx2_products(true, j->u + (e * g->oc + o0) * c, c, rows_m, c, v + e * c * ldv, ldv,
+                                        round_up(n, 16), m + e * rows_m * tc, tc);
                 output_transform(j, t0, t1, m, o0, o1, rows_m);
                 continue;
             }

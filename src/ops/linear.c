@@ -4,8 +4,8 @@
  *
  * Kernel choice (docs/performance.md, ops/linear_internal.h): for small batches the
  * forward, the input gradient, and the weight gradient when it is written whole (a
- * gradient zeroed lazily) take linear_avx512.c where the CPU has AVX-512F (the weight
- * gradient linear_avx2.c where it has AVX2 and FMA only) — on the
+ * gradient zeroed lazily) take linear_avx512.c where the CPU has AVX-512F (the forward
+ * and the weight gradient linear_avx2.c where it has AVX2 and FMA only) — on the
  * recipe's 64 x 4096 x 4096 products OpenBLAS's SGEMM spends much of its time packing
  * the weights, and with beta = 0 still clears the output in a pass of its own; larger
  * batches, small heads, other CPUs and accumulated weight gradients take OpenBLAS's
@@ -36,7 +36,9 @@ static bool try_avx512(int64_t n, int64_t out) {
 void graft_linear_forward(graft_ctx *ctx, int64_t n, int64_t in, int64_t out, const float *x, const float *w,
                           const float *b, float *y) {
     if (n <= 0 || out <= 0) return;
-    if (in > 0 && try_avx512(n, out) && graft_linear_forward_avx512(ctx, n, in, out, x, w, b, y)) return;
+    if (in > 0 && try_avx512(n, out) &&
+        (graft_linear_forward_avx512(ctx, n, in, out, x, w, b, y) || graft_linear_forward_avx2(ctx, n, in, out, x, w, b, y)))
+        return;
     float beta = 0.0f;
     if (b) { /* start y at the bias and let the GEMM add onto it */
         for (int64_t i = 0; i < n; i++)

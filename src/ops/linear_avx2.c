@@ -46,6 +46,8 @@ bool graft_linear_avx2_available(void) { return graft_cpu_avx2(); }
 
 #if GRAFT_HAVE_AVX2_BUILD
 #include <immintrin.h>
+
+#include "ops/gemm_avx2.h"
 #define AVX2 __attribute__((target("avx2,fma")))
 #define AVX2_INLINE __attribute__((target("avx2,fma"), always_inline)) static inline
 
@@ -142,6 +144,48 @@ static void wg2_slab(void *arg, int64_t begin, int64_t end) {
                 }
             }
         }
+    }
+}
+
+/* ---- forward: y [m, j] = sum_p x [m, p] w [j, p] + b [j] ------------------------------
+ *
+ * yt [j][m] = w [j, .] . xt [.][m] with gemm_avx2.h's kernel, the weight read in place:
+ * x transposed into xt [in][np] (np: the batch rounded up to 16, zero columns past it),
+ * blocks of FW_KC inputs (xt's block, 128 KiB at 64 samples, stays in L2 while every row
+ * of the slab passes; six rows of the weight, 12 KiB, stay in L1 across the batch), each
+ * block continuing the sums; then y [m, j] = yt [j][m] + b [j]. */
+#define FW_KC 512
+
+typedef struct fw2_job {
+    int64_t n, in, out, np, slabs;
+    const float *x, *w, *b;
+    float *xt, *yt, *y;
+} fw2_job;
+
+/* xt [p][m] = x [m, p] for inputs [p0, p1), zero for m in [n, np). */
+static void transpose_inputs(void *arg, int64_t p0, int64_t p1) {
+    const fw2_job *fj = arg;
+    for (int64_t p = p0; p < p1; p++) {
+        float *to = fj->xt + p * fj->np;
+        for (int64_t m = 0; m < fj->n; m++) to[m] = fj->x[m * fj->in + p];
+        for (int64_t m = fj->n; m < fj->np; m++) to[m] = 0.0f;
+    }
+}
+
+/* Slab s: outputs [out * s / slabs, out * (s + 1) / slabs). */
+AVX2 static void fw2_slab(void *arg, int64_t begin, int64_t end) {
+    const fw2_job *fj = arg;
+    for (int64_t s = begin; s < end; s++) {
+        int64_t rlo = fj->out * s / fj->slabs, rhi = fj->out * (s + 1) / fj->slabs;
+        float *yt = fj->yt + rlo * fj->np;
+        for (int64_t k0 = 0; k0 < fj->in; k0 += FW_KC) {
+            int64_t kn = fj->in - k0 < FW_KC ? fj->in - k0 : FW_KC;
+            graft_avx2_products(k0 == 0, fj->w + rlo * fj->in + k0, fj->in, rhi - rlo, kn, fj->xt + k0 * fj->np, fj->np,
+                                fj->np, yt, fj->np);
+        }
+        for (int64_t m = 0; m < fj->n; m++)
+            for (int64_t j = rlo; j < rhi; j++)
+                fj->y[m * fj->out + j] = fj->yt[j * fj->np + m] + (fj->b ? fj->b[j] : 0.0f);
     }
 }
 
@@ -247,6 +291,25 @@ static bool wg2_prepare(graft_ctx *ctx, int64_t n, int64_t in, int64_t out, cons
     return true;
 }
 #endif
+
+bool graft_linear_forward_avx2(graft_ctx *ctx, int64_t n, int64_t in, int64_t out, const float *x, const float *w,
+                               const float *b, float *y) {
+#if GRAFT_HAVE_AVX2_BUILD
+    if (!graft_linear_avx2_available() || n <= 0 || in <= 0 || out <= 0) return false;
+    int64_t np = (n + 15) / 16 * 16, slabs = graft_num_threads();
+    if (slabs > out) slabs = out;
+    float *scratch = graft_ctx_workspace(ctx, (size_t)(np * in + np * out)); /* cache-line aligned */
+    if (!scratch) return false;
+    fw2_job fj = {.n = n, .in = in, .out = out, .np = np, .slabs = slabs, .x = x, .w = w, .b = b, .xt = scratch,
+                  .yt = scratch + np * in, .y = y};
+    graft_parallel_for(in, 64, transpose_inputs, &fj);
+    graft_parallel_for(slabs, 1, fw2_slab, &fj);
+    return true;
+#else
+    (void)ctx, (void)n, (void)in, (void)out, (void)x, (void)w, (void)b, (void)y;
+    return false;
+#endif
+}
 
 bool graft_linear_weight_grad_avx2(graft_ctx *ctx, int64_t n, int64_t in, int64_t out, const float *dy, const float *x,
                                    float *dw) {

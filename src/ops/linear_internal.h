@@ -7,8 +7,8 @@
  *   BLAS    OpenBLAS's SGEMM over graft's pool (ops/gemm.h);
  *   AVX512  linear_avx512.c, for small batches (the trainer's 64 rows against weights of
  *           4096 x 4096), on CPUs with AVX-512F; on CPUs with AVX2 and FMA but not
- *           AVX-512, linear_avx2.c takes the same cases of the weight gradient (the
- *           forward and the input gradient stay with BLAS there).
+ *           AVX-512, linear_avx2.c takes the same cases of the forward and the
+ *           weight gradient (the input gradient stays with BLAS there).
  * GRAFT_LINEAR_AUTO picks AVX512 where the CPU has it, the batch is at most
  * GRAFT_LINEAR_AVX512_MAX_ROWS rows and there are at least GRAFT_LINEAR_AVX512_MIN_OUT
  * outputs (measured faster there, docs/performance.md), else BLAS.  Weight gradients
@@ -78,6 +78,10 @@ bool graft_linear_weight_grad_avx512_sink(graft_ctx *ctx, int64_t n, int64_t in,
 
 /* Whether this CPU runs AVX2 and FMA code (and the build has the kernel). */
 bool graft_linear_avx2_available(void);
+/* The forward, as graft_linear_forward_avx512 (the same cases, where the CPU has AVX2
+ * but not AVX-512). */
+bool graft_linear_forward_avx2(graft_ctx *ctx, int64_t n, int64_t in, int64_t out, const float *x, const float *w,
+                               const float *b, float *y);
 /* The weight gradient written whole, and handed to a sink, as the AVX-512 kernels above
  * (the same cases, where the CPU has AVX2 but not AVX-512), summing dy's nonzeros only
  * where at most half of dy is nonzero and x is finite. */
