@@ -358,6 +358,7 @@ struct graft_conv2d_held {
     const float *w;             /* this weight array, */
     graft_conv2d_kernel kernel; /* for this kernel */
     int64_t c, oc;              /* and these sizes, all U depends on */
+    int layout;                 /* with WGEMM: graft_conv2d_wgemm_layout's */
 };
 
 void graft_conv2d_held_free(graft_conv2d_held *h) {
@@ -378,14 +379,15 @@ graft_status graft_conv2d_forward_held(graft_ctx *ctx, const graft_conv2d_geom *
         if (!(h = *held = calloc(1, sizeof *h))) return graft_error(GRAFT_ERR_NOMEM, "out of memory");
         graft_ctx_init(&h->store, 0);
     }
-    if (!h->u || h->kernel != kernel || h->w != w || h->c != g->c || h->oc != g->oc) {
+    int layout = portable ? graft_conv2d_wgemm_layout(g) : 0;
+    if (!h->u || h->kernel != kernel || h->w != w || h->c != g->c || h->oc != g->oc || h->layout != layout) {
         h->u = NULL; /* nothing valid while it is rewritten */
         float *u = graft_ctx_workspace(&h->store, portable ? graft_conv2d_wgemm_weights_floats(g)
                                                            : graft_conv2d_winograd_weights_floats(g, tile));
         if (!u) return GRAFT_ERR_NOMEM;
         graft_status s = portable ? graft_conv2d_wgemm_prepare(g, w, u) : graft_conv2d_winograd_prepare(g, tile, w, u);
         if (s) return s;
-        h->u = u, h->kernel = kernel, h->w = w, h->c = g->c, h->oc = g->oc;
+        h->u = u, h->kernel = kernel, h->w = w, h->c = g->c, h->oc = g->oc, h->layout = layout;
     }
     float *scratch = graft_ctx_workspace(ctx, portable ? graft_conv2d_wgemm_prepared_workspace_floats(g)
                                                        : graft_conv2d_winograd_prepared_workspace_floats(g, tile));

@@ -115,6 +115,10 @@ size_t graft_conv2d_wgemm_prepared_workspace_floats(const graft_conv2d_geom *g);
 graft_status graft_conv2d_wgemm_prepare(const graft_conv2d_geom *g, const float *w, float *u);
 graft_status graft_conv2d_forward_wgemm_prepared(const graft_conv2d_geom *g, const float *x, const float *u,
                                                  const float *b, float *y, float *scratch);
+/* Which layout graft_conv2d_wgemm_prepare writes for g now (maps of at most 2 x 2 with the
+ * AVX2 loops take their weights by output position instead of transformed): a prepared
+ * u serves the geometries of the same channels and layout. */
+int graft_conv2d_wgemm_layout(const graft_conv2d_geom *g);
 /* Whether later calls run the transforms' portable loops even where the AVX2 ones would
  * run (false restores them): for tests, which compare the two. */
 void graft_conv2d_wgemm_set_portable(bool portable);

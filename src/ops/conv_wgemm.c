@@ -17,6 +17,10 @@
  * along contiguous rows (the same formulas, in the same order, as conv_avx512.c's
  * F(2x2, 3x3)).
  *
+ * Maps of at most 2 x 2 (VGG's last block at 32 x 32 input, one tile per image) take, with
+ * the AVX2 loops, one product per output position instead, with no transforms (below, at
+ * forward_taps).
+ *
  * Tiles are numbered (image, tile row, tile column) and taken in chunks of chunk_tiles(g),
  * a function of the channel counts only, small enough that a chunk's V and M stay in L2
  * between the transform and the products.  The work units, (chunk, part of the output
@@ -83,11 +87,24 @@ static size_t thread_floats(const graft_conv2d_geom *g) {
     return (size_t)round_up((int64_t)f, WB_ALIGN_FLOATS);
 }
 
+/* Maps of at most 2 x 2 (VGG's last block at 32 x 32 input) take the products by output
+ * position below, where the CPU runs the AVX2 loops. */
+static bool uses_taps(const graft_conv2d_geom *g) {
+    return g->h <= 2 && g->w <= 2 && graft_cpu_avx2() && !portable_loops;
+}
+
+int graft_conv2d_wgemm_layout(const graft_conv2d_geom *g) { return uses_taps(g) ? 1 : 0; }
+
 size_t graft_conv2d_wgemm_weights_floats(const graft_conv2d_geom *g) {
+    /* U [16][oc][c], or W_p [hw][oc][c hw] with hw <= 4 */
     return (size_t)round_up(WB_ELEMENTS * g->oc * g->c, WB_ALIGN_FLOATS);
 }
 
 size_t graft_conv2d_wgemm_prepared_workspace_floats(const graft_conv2d_geom *g) {
+    if (uses_taps(g)) { /* xt [c hw][np] and M [hw][oc][np] */
+        int64_t hw = g->h * g->w, np = round_up(g->n, 16);
+        return (size_t)(hw * g->c * np + hw * g->oc * np) + 2 * WB_ALIGN_FLOATS;
+    }
     /* the threads' parts, and a row of zeros for the padding rows */
     return (size_t)graft_num_threads() * thread_floats(g) + (size_t)round_up(g->w, WB_ALIGN_FLOATS) +
            2 * WB_ALIGN_FLOATS;
@@ -130,11 +147,28 @@ static void weights_range(void *arg, int64_t begin, int64_t end) {
         }
 }
 
+/* W_p [o][ci * hw + q] = w [o, ci, qy - py + 1, qx - px + 1] for the positions p of a map
+ * of at most 2 x 2, rows [begin, end). */
+static void taps_range(void *arg, int64_t begin, int64_t end) {
+    const wb_weights_job *j = arg;
+    const graft_conv2d_geom *g = j->g;
+    int64_t c = g->c, h = g->h, w = g->w, hw = h * w, k = c * hw;
+    for (int64_t o = begin; o < end; o++)
+        for (int64_t p = 0; p < hw; p++) {
+            float *dst = j->u + (p * g->oc + o) * k;
+            for (int64_t ci = 0; ci < c; ci++)
+                for (int64_t q = 0; q < hw; q++) {
+                    int64_t ky = q / w - p / w + 1, kx = q % w - p % w + 1;
+                    dst[ci * hw + q] = j->w[(o * c + ci) * 9 + ky * 3 + kx];
+                }
+        }
+}
+
 graft_status graft_conv2d_wgemm_prepare(const graft_conv2d_geom *g, const float *w, float *u) {
     if (!graft_conv2d_wgemm_fits(g))
         return graft_error(GRAFT_ERR_UNSUPPORTED, "conv2d: Winograd needs a 3x3, stride-1, padding-1 kernel");
     wb_weights_job j = {.g = g, .w = w, .u = u};
-    graft_parallel_for(g->oc, 1 + 4096 / (9 * g->c), weights_range, &j);
+    graft_parallel_for(g->oc, 1 + 4096 / (9 * g->c), uses_taps(g) ? taps_range : weights_range, &j);
     return GRAFT_OK;
 }
 
@@ -420,10 +454,80 @@ static float *aligned(float *p) {
     return (float *)((a + to - 1) / to * to);
 }
 
+/* ---- maps of at most 2 x 2: one product per output position ---------------------------
+ *
+ * With a 3 x 3 kernel and padding 1 on a map of h, w <= 2, output position p reads every
+ * input pixel q through exactly one tap, (qy - py + 1, qx - px + 1), and the other taps
+ * read the padding's zeros (5 of 9 on a 2 x 2 map).  So
+ *   y [img, o, p] = sum over ci, q of W_p [o][ci * hw + q] x [img, ci, q]  (+ b [o])
+ * is one product per position with K = c * h * w: the direct sums without the padding's
+ * terms, as many multiply-adds as F(2x2, 3x3) takes there, and no transforms; the other
+ * operand is x itself, transposed into xt [K][np] (np: the batch rounded up to 16, zeros
+ * past it).  gemm_avx2.h's kernel sums each output over k ascending, in blocks of
+ * TAPS_KC (xt's block, 128 KiB at 64 images, stays in L2) continuing the same sums;
+ * threads split the output channels. */
+#define TAPS_KC 512
+
+typedef struct taps_job {
+    const graft_conv2d_geom *g;
+    const float *x, *u, *b;
+    float *y, *xt, *m;
+    int64_t hw, k, np, slabs;
+} taps_job;
+
+/* xt [k][img] = x [img][k] for k in [k0, k1), zero for img in [n, np). */
+static void taps_transpose(void *arg, int64_t k0, int64_t k1) {
+    const taps_job *j = arg;
+    for (int64_t k = k0; k < k1; k++) {
+        float *to = j->xt + k * j->np;
+        for (int64_t img = 0; img < j->g->n; img++) to[img] = j->x[img * j->k + k];
+        for (int64_t img = j->g->n; img < j->np; img++) to[img] = 0.0f;
+    }
+}
+
+/* Slab s: output channels [oc * s / slabs, oc * (s + 1) / slabs), every position. */
+static void taps_slab(void *arg, int64_t begin, int64_t end) {
+    const taps_job *j = arg;
+    const graft_conv2d_geom *g = j->g;
+    for (int64_t s = begin; s < end; s++) {
+        int64_t rlo = g->oc * s / j->slabs, rhi = g->oc * (s + 1) / j->slabs;
+        for (int64_t p = 0; p < j->hw; p++) {
+            float *mp = j->m + (p * g->oc + rlo) * j->np;
+#if GRAFT_HAVE_AVX2_BUILD
+            for (int64_t k0 = 0; k0 < j->k; k0 += TAPS_KC)
+                graft_avx2_products(k0 == 0, j->u + (p * g->oc + rlo) * j->k + k0, j->k, rhi - rlo,
+                                    j->k - k0 < TAPS_KC ? j->k - k0 : TAPS_KC, j->xt + k0 * j->np, j->np, j->np, mp,
+                                    j->np);
+#endif
+            for (int64_t o = rlo; o < rhi; o++) {
+                float bias = j->b ? j->b[o] : 0.0f;
+                const float *mo = mp + (o - rlo) * j->np;
+                for (int64_t img = 0; img < g->n; img++)
+                    j->y[(img * g->oc + o) * j->hw + p] = finish(mo[img], bias, g->relu);
+            }
+        }
+    }
+}
+
+static void forward_taps(const graft_conv2d_geom *g, const float *x, const float *u, const float *b, float *y,
+                         float *scratch) {
+    taps_job j = {.g = g, .x = x, .u = u, .b = b, .y = y, .hw = g->h * g->w, .np = round_up(g->n, 16)};
+    j.k = g->c * j.hw;
+    j.xt = aligned(scratch);
+    j.m = aligned(j.xt + j.k * j.np);
+    j.slabs = graft_num_threads() < g->oc ? graft_num_threads() : g->oc;
+    graft_parallel_for(j.k, 16, taps_transpose, &j);
+    graft_parallel_for(j.slabs, 1, taps_slab, &j);
+}
+
 graft_status graft_conv2d_forward_wgemm_prepared(const graft_conv2d_geom *g, const float *x, const float *u,
                                                  const float *b, float *y, float *scratch) {
     if (!graft_conv2d_wgemm_fits(g))
         return graft_error(GRAFT_ERR_UNSUPPORTED, "conv2d: Winograd needs a 3x3, stride-1, padding-1 kernel");
+    if (uses_taps(g)) {
+        forward_taps(g, x, u, b, y, scratch);
+        return GRAFT_OK;
+    }
     int64_t threads = graft_num_threads();
     wb_job j = {.g = g, .x = x, .u = u, .b = b, .y = y, .th = (g->oh + 1) / 2, .tw = (g->ow + 1) / 2,
                 .tc = chunk_tiles(g), .ldv = chunk_tiles(g) + 16, .avx2 = graft_cpu_avx2() && !portable_loops};

@@ -97,6 +97,9 @@ static const graft_conv2d_geom winograd_geoms[] = {
     {.n = 2, .c = 2, .h = 3, .w = 70, .oc = 3, .kh = 3, .kw = 3, .sh = 1, .sw = 1, .ph = 1, .pw = 1},
     {.n = 5, .c = 17, .h = 6, .w = 6, .oc = 130, .kh = 3, .kw = 3, .sh = 1, .sw = 1, .ph = 1, .pw = 1},
     {.n = 64, .c = 24, .h = 2, .w = 2, .oc = 16, .kh = 3, .kw = 3, .sh = 1, .sw = 1, .ph = 1, .pw = 1},
+    /* maps of 1 x 2 and 2 x 1 (WGEMM's products by output position, as 2 x 2 and 1 x 1) */
+    {.n = 3, .c = 7, .h = 1, .w = 2, .oc = 5, .kh = 3, .kw = 3, .sh = 1, .sw = 1, .ph = 1, .pw = 1},
+    {.n = 2, .c = 5, .h = 2, .w = 1, .oc = 6, .kh = 3, .kw = 3, .sh = 1, .sw = 1, .ph = 1, .pw = 1},
     /* F(4x4, 3x3): 90 tiles of 4x4 (a second block of 42), both edges ragged, two blocks of
      * output channels */
     {.n = 3, .c = 9, .h = 20, .w = 22, .oc = 70, .kh = 3, .kw = 3, .sh = 1, .sw = 1, .ph = 1, .pw = 1},
