@@ -311,33 +311,30 @@ bool graft_linear_forward_avx2(graft_ctx *ctx, int64_t n, int64_t in, int64_t ou
 #endif
 }
 
-bool graft_linear_weight_grad_avx2(graft_ctx *ctx, int64_t n, int64_t in, int64_t out, const float *dy, const float *x,
-                                   float *dw) {
+/* The weight gradient into dw, or handed to sink where dw is NULL. */
+static bool weight_grad(graft_ctx *ctx, int64_t n, int64_t in, int64_t out, const float *dy, const float *x, float *dw,
+                        const graft_grad_sink *sink) {
 #if GRAFT_HAVE_AVX2_BUILD
     if (!graft_linear_avx2_available() || n <= 0 || in <= 0 || out <= 0) return false;
     wg2_job jb;
-    if (!wg2_prepare(ctx, n, in, out, dy, x, 0, &jb)) return false;
+    if (!wg2_prepare(ctx, n, in, out, dy, x, sink ? (size_t)(SINK_ROWS * SINK_LD) : 0, &jb)) return false;
     jb.dw = dw;
+    jb.sink = sink;
+    if (sink) sink->begin(sink->user);
     graft_parallel_for(jb.slabs, 1, wg2_slab, &jb);
     return true;
 #else
-    (void)ctx, (void)n, (void)in, (void)out, (void)dy, (void)x, (void)dw;
+    (void)ctx, (void)n, (void)in, (void)out, (void)dy, (void)x, (void)dw, (void)sink;
     return false;
 #endif
 }
 
+bool graft_linear_weight_grad_avx2(graft_ctx *ctx, int64_t n, int64_t in, int64_t out, const float *dy, const float *x,
+                                   float *dw) {
+    return weight_grad(ctx, n, in, out, dy, x, dw, NULL);
+}
+
 bool graft_linear_weight_grad_avx2_sink(graft_ctx *ctx, int64_t n, int64_t in, int64_t out, const float *dy,
                                         const float *x, const graft_grad_sink *sink) {
-#if GRAFT_HAVE_AVX2_BUILD
-    if (!graft_linear_avx2_available() || n <= 0 || in <= 0 || out <= 0) return false;
-    wg2_job jb;
-    if (!wg2_prepare(ctx, n, in, out, dy, x, (size_t)(SINK_ROWS * SINK_LD), &jb)) return false;
-    jb.sink = sink;
-    sink->begin(sink->user);
-    graft_parallel_for(jb.slabs, 1, wg2_slab, &jb);
-    return true;
-#else
-    (void)ctx, (void)n, (void)in, (void)out, (void)dy, (void)x, (void)sink;
-    return false;
-#endif
+    return weight_grad(ctx, n, in, out, dy, x, NULL, sink);
 }
