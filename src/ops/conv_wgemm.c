@@ -429,12 +429,12 @@ static void wb_task(void *arg, int64_t begin, int64_t end) {
             if (o1 > g->oc) o1 = g->oc;
             if (o0 >= o1) continue;
             if (have != chunk) input_transform(j, t0, t1, v, rows), have = chunk;
-            int64_t n = t1 - t0, rows_m = o1 - o0, ldv = j->ldv;
+            int64_t rows_m = o1 - o0, ldv = j->ldv;
 #if GRAFT_HAVE_AVX2_BUILD
             if (j->avx2) {
                 for (int e = 0; e < WB_ELEMENTS; e++)
                     graft_avx2_products(true, j->u + (e * g->oc + o0) * c, c, rows_m, c, v + e * c * ldv, ldv,
-                                        round_up(n, 16), m + e * rows_m * tc, tc);
+                                        round_up(t1 - t0, 16), m + e * rows_m * tc, tc);
                 output_transform(j, t0, t1, m, o0, o1, rows_m);
                 continue;
             }
