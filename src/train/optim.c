@@ -528,8 +528,8 @@ AVX512_FN static void adam_range_fma(void *arg, int64_t b, int64_t e) {
 #if GRAFT_HAVE_AVX2_BUILD
 /* Where the CPU has AVX2 and FMA but not AVX-512: the same loops compiled for AVX2 with
  * the hardware's fused multiply-add (ymm, one rounding per fma, so the same bits as the
- * AVX-512 version).  Measured on a Zen 3: the baseline version was 9% of the recipe's
- * head epochs. */
+ * AVX-512 version).  On a Zen 3 the baseline version had 8.9% of the samples in a profile
+ * of a short recipe run (6 epochs of 2,000 images). */
 #define AVX2_FN __attribute__((target("avx2,fma")))
 AVX2_FN static void sgd_range_avx2(void *arg, int64_t b, int64_t e) { sgd_select(arg, b, e, true); }
 AVX2_FN static void adam_range_avx2(void *arg, int64_t b, int64_t e) { adam_select(arg, b, e, true); }
