@@ -20,6 +20,16 @@ static graft_linear_kernel forced_kernel = GRAFT_LINEAR_AUTO;
 
 void graft_linear_set_kernel(graft_linear_kernel k) { forced_kernel = k; }
 
+/* Whether the small-batch kernels may sum dy's nonzeros only (tests and benchmarks turn it
+ * off to compare), and how many gradients have, whichever kernel took them. */
+static bool sparse_dy_allowed = true;
+static uint64_t sparse_dy_count; /* atomic */
+
+void graft_linear_set_sparse_dy(bool on) { sparse_dy_allowed = on; }
+uint64_t graft_linear_sparse_dy_count(void) { return __atomic_load_n(&sparse_dy_count, __ATOMIC_RELAXED); }
+bool graft_linear_sparse_dy_allowed(void) { return sparse_dy_allowed; }
+void graft_linear_sparse_dy_taken(void) { __atomic_fetch_add(&sparse_dy_count, 1, __ATOMIC_RELAXED); }
+
 /* Whether a product of n batch rows with out outputs should try the AVX-512 kernel
  * (which itself declines where the CPU lacks AVX-512F). */
 static bool try_avx512(int64_t n, int64_t out) {

@@ -1,5 +1,6 @@
-/* linear_avx2.c — Linear's weight gradient for small batches on AVX2 and FMA, for CPUs
- * without AVX-512 (linear_avx512.c's kernels), on graft's pool.
+/* linear_avx2.c — Linear's forward and weight gradient for small batches on AVX2 and FMA,
+ * for CPUs without AVX-512 (linear_avx512.c's kernels), on graft's pool.  The forward is
+ * below, at fw2_slab.
  *
  * The recipe's classifier.3 takes dw = dy^T x with 64 rows of dy [64, 4096] and x
  * [64, 4096], where dy has passed a ReLU and a Dropout: about a quarter of it is nonzero.
@@ -35,12 +36,6 @@
 #define SINK_ROWS 24          /* rows per block */
 #define SINK_LD (SINK_KB + 8) /* a block's rows in scratch, padded off the same cache sets */
 #define SPARSE_MAX_DENSITY 0.5
-
-static bool sparse_enabled = true;
-static uint64_t sparse_taken; /* atomic */
-
-void graft_linear_avx2_set_sparse_dy(bool on) { sparse_enabled = on; }
-uint64_t graft_linear_avx2_sparse_dy_count(void) { return __atomic_load_n(&sparse_taken, __ATOMIC_RELAXED); }
 
 bool graft_linear_avx2_available(void) { return graft_cpu_avx2(); }
 
@@ -256,36 +251,32 @@ AVX2 static bool all_finite(int64_t count, const float *v) {
     return !seen;
 }
 
-/* How many of v are not zero (NaN included). */
-AVX2 static int64_t count_nonzero(int64_t count, const float *v) {
-    int64_t nz = 0;
-    for (int64_t i = 0; i < count; i++) nz += v[i] != 0.0f; /* NaN != 0 */
-    return nz;
-}
-
-/* Lays out the lists and the panels in ctx's workspace, with extra floats per slab
- * after them (32-byte aligned), and fills jb.  False: no memory, or sizes past int32. */
+/* Lays out the lists (room for every term) and the panels in ctx's workspace, with extra
+ * floats per slab after them (32-byte aligned), and fills jb.  The rows' counts decide
+ * between dy's nonzeros and every term.  False: no memory, or sizes past int32. */
 static bool wg2_prepare(graft_ctx *ctx, int64_t n, int64_t in, int64_t out, const float *dy, const float *x,
                         size_t extra_per_slab, wg2_job *jb) {
     int64_t panels = (in + XB - 1) / XB, slabs = graft_num_threads();
     if (slabs > out) slabs = out;
     if (n * out >= INT32_MAX || n * XB >= INT32_MAX) return false;
-    int64_t nonzero = sparse_enabled ? count_nonzero(n * out, dy) : n * out;
-    bool every = nonzero > (int64_t)(SPARSE_MAX_DENSITY * (double)(n * out)) || !all_finite(n * in, x);
-    int64_t entries = every ? n * out : nonzero;
-    int64_t list_floats = (out + 1 + 2 * entries + 7) / 8 * 8; /* int32 entries in float slots, whole vectors */
+    int64_t list_floats = (out + 1 + 2 * n * out + 7) / 8 * 8; /* int32 entries in float slots, whole vectors */
     size_t packed = (size_t)(list_floats + panels * n * XB);
     float *scratch = graft_ctx_workspace(ctx, packed + (size_t)slabs * extra_per_slab); /* cache-line aligned */
     if (!scratch) return false;
     int32_t *start = (int32_t *)scratch, *at = start + out + 1;
     lists2_job lj = {.n = n, .in = in, .out = out, .dy = dy, .x = x, .start = start, .at = at,
-                     .val = (float *)(at + entries), .xp = scratch + list_floats, .every = every};
+                     .val = (float *)(at + n * out), .xp = scratch + list_floats,
+                     .every = !graft_linear_sparse_dy_allowed() || !all_finite(n * in, x)};
     graft_parallel_for(out, 256, count_rows, &lj);
     start[0] = 0;
     for (int64_t o = 0; o < out; o++) start[o + 1] += start[o];
+    if (!lj.every && start[out] > (int64_t)(SPARSE_MAX_DENSITY * (double)(n * out))) {
+        lj.every = true; /* too many nonzeros to pay: every term, n per row */
+        for (int64_t o = 0; o <= out; o++) start[o] = (int32_t)(o * n);
+    }
     graft_parallel_for(out, 256, fill_rows, &lj);
     graft_parallel_for(panels, 4, pack_panels, &lj);
-    if (!every) __atomic_fetch_add(&sparse_taken, 1, __ATOMIC_RELAXED);
+    if (!lj.every) graft_linear_sparse_dy_taken();
     *jb = (wg2_job){.n = n, .in = in, .out = out, .slabs = slabs, .xp = lj.xp, .start = start, .at = at,
                     .val = lj.val, .blocks = scratch + packed};
     return true;

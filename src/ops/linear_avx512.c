@@ -253,12 +253,9 @@ typedef struct dx_job {
     const int32_t *off;
 } dx_job;
 
-/* Whether the input and weight gradients may take their sums from dy's nonzeros (tests
- * and benchmarks turn it off to compare), and the largest share of nonzeros at which
- * they do: measured on the recipe's 4096 x 4096 layer (bench/linear_layers.c,
- * docs/performance.md). */
-static bool sparse_dy_enabled = true;
-static uint64_t sparse_dy_taken; /* atomic */
+/* The largest share of nonzeros at which the input and weight gradients take their sums
+ * from dy's nonzeros (where graft_linear_set_sparse_dy allows it): measured on the
+ * recipe's 4096 x 4096 layer (bench/linear_layers.c, docs/performance.md). */
 #define SPARSE_MAX_DENSITY 0.5      /* weight gradient: 25% nonzero 1.8x, 50% 1.3x */
 #define DX_SPARSE_MAX_DENSITY 0.4   /* input gradient: 25% nonzero 1.25x, 37.5% 1.07x, 50% 0.93x */
 
@@ -743,7 +740,7 @@ bool graft_linear_input_grad_avx512(graft_ctx *ctx, int64_t n, int64_t in, int64
     if (iw > DX_IW) iw = DX_IW;
     int64_t blocks = (in + iw - 1) / iw, slabs = slab_count(blocks);
     int64_t chunks = (out + DX_PC - 1) / DX_PC;
-    int64_t mask_floats = sparse_dy_enabled ? 2 * n * chunks + n * chunks + (n * out + 1) / 2 * 2 : 0;
+    int64_t mask_floats = graft_linear_sparse_dy_allowed() ? 2 * n * chunks + n * chunks + (n * out + 1) / 2 * 2 : 0;
     int64_t slab_floats = (DX_PC * iw + n * iw + n * DX_PC + 15) / 16 * 16; /* whole cache lines */
     float *scratch = graft_ctx_workspace(ctx, (size_t)(slabs * slab_floats + mask_floats)); /* cache-line aligned */
     if (!scratch) return false;
@@ -759,7 +756,7 @@ bool graft_linear_input_grad_avx512(graft_ctx *ctx, int64_t n, int64_t in, int64
             jb.mask = mask;
             jb.vals = vals;
             jb.off = off;
-            __atomic_fetch_add(&sparse_dy_taken, 1, __ATOMIC_RELAXED);
+            graft_linear_sparse_dy_taken();
         }
     }
     graft_parallel_for(slabs, 1, dx_slab, &jb);
@@ -767,21 +764,6 @@ bool graft_linear_input_grad_avx512(graft_ctx *ctx, int64_t n, int64_t in, int64
 #else
     (void)ctx, (void)n, (void)in, (void)out, (void)dy, (void)w, (void)dx;
     return false;
-#endif
-}
-
-void graft_linear_set_sparse_dy(bool on) {
-    graft_linear_avx2_set_sparse_dy(on);
-#if HAVE_AVX512_BUILD
-    sparse_dy_enabled = on;
-#endif
-}
-
-uint64_t graft_linear_sparse_dy_count(void) {
-#if HAVE_AVX512_BUILD
-    return graft_linear_avx2_sparse_dy_count() + __atomic_load_n(&sparse_dy_taken, __ATOMIC_RELAXED);
-#else
-    return graft_linear_avx2_sparse_dy_count();
 #endif
 }
 
@@ -866,7 +848,7 @@ static void pack_panels(void *arg, int64_t p0, int64_t p1) {
 static bool wgrad_prepare(graft_ctx *ctx, int64_t n, int64_t in, int64_t out, const float *dy, const float *x,
                           float *dw, size_t extra_per_slab, wgrad_job *jb, float **extra_out) {
     int64_t otiles = (out + OR - 1) / OR, panels = (in + MB - 1) / MB, slabs = slab_count(otiles);
-    int64_t nonzero = sparse_dy_enabled ? count_nonzero(n * out, dy) : n * out;
+    int64_t nonzero = graft_linear_sparse_dy_allowed() ? count_nonzero(n * out, dy) : n * out;
     bool sparse = nonzero <= (int64_t)(SPARSE_MAX_DENSITY * (double)(n * out)) && n * out <= INT32_MAX &&
                   n * MB <= INT32_MAX && all_finite(n * in, x);
     /* dense: dy packed in tiles; sparse: the lists (int32 entries in float slots); either
@@ -883,7 +865,7 @@ static bool wgrad_prepare(graft_ctx *ctx, int64_t n, int64_t in, int64_t out, co
         float *val = (float *)(at + nonzero);
         dy_lists(n, out, dy, start, at, val);
         jb->start = start, jb->at = at, jb->val = val;
-        __atomic_fetch_add(&sparse_dy_taken, 1, __ATOMIC_RELAXED);
+        graft_linear_sparse_dy_taken();
     } else {
         for (int64_t t = 0; t < otiles; t++)
             for (int64_t m = 0; m < n; m++)

@@ -66,6 +66,10 @@ void graft_linear_set_sparse_dy(bool on);
 /* How many input and weight gradients have summed dy's nonzeros only, so far in this
  * process. */
 uint64_t graft_linear_sparse_dy_count(void);
+/* For the kernels (linear_avx512.c, linear_avx2.c): graft_linear_set_sparse_dy's setting,
+ * and one more gradient counted as having summed dy's nonzeros only. */
+bool graft_linear_sparse_dy_allowed(void);
+void graft_linear_sparse_dy_taken(void);
 
 /* The same weight gradient handed to sink (ops.h) in blocks instead of stored: each
  * block is computed into the thread's scratch as above, then passed on a row's part at
@@ -89,8 +93,5 @@ bool graft_linear_weight_grad_avx2(graft_ctx *ctx, int64_t n, int64_t in, int64_
                                    float *dw);
 bool graft_linear_weight_grad_avx2_sink(graft_ctx *ctx, int64_t n, int64_t in, int64_t out, const float *dy,
                                         const float *x, const graft_grad_sink *sink);
-/* graft_linear_set_sparse_dy's setting and count, for this kernel (called through them). */
-void graft_linear_avx2_set_sparse_dy(bool on);
-uint64_t graft_linear_avx2_sparse_dy_count(void);
 
 #endif
