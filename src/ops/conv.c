@@ -58,7 +58,7 @@ static bool winograd4_pays(const graft_conv2d_geom *g) {
 #define WGEMM_MIN_CHANNELS 16
 
 /* The kernel where the CPU has no AVX-512 (or the sizes rule its kernels out). */
-static graft_conv2d_kernel portable_kernel(const graft_conv2d_geom *g) {
+static graft_conv2d_kernel kernel_without_avx512(const graft_conv2d_geom *g) {
     if (forced_kernel == GRAFT_CONV2D_WGEMM)
         return graft_conv2d_wgemm_fits(g) ? GRAFT_CONV2D_WGEMM : GRAFT_CONV2D_GEMM;
     if (forced_kernel == GRAFT_CONV2D_GEMM || forced_kernel == GRAFT_CONV2D_AVX512 || !graft_conv2d_wgemm_fits(g))
@@ -70,7 +70,7 @@ static graft_conv2d_kernel portable_kernel(const graft_conv2d_geom *g) {
 graft_conv2d_kernel graft_conv2d_forward_kernel(const graft_conv2d_geom *g) {
     if (forced_kernel == GRAFT_CONV2D_GEMM || forced_kernel == GRAFT_CONV2D_WGEMM ||
         !graft_conv2d_avx512_available() || !graft_conv2d_avx512_fits(g))
-        return portable_kernel(g);
+        return kernel_without_avx512(g);
     if (graft_conv2d_winograd4_fits(g) &&
         (forced_kernel == GRAFT_CONV2D_WINOGRAD4 || (forced_kernel == GRAFT_CONV2D_AUTO && winograd4_pays(g))))
         return GRAFT_CONV2D_WINOGRAD4;
@@ -373,27 +373,27 @@ graft_status graft_conv2d_forward_held(graft_ctx *ctx, const graft_conv2d_geom *
     if (kernel != GRAFT_CONV2D_WINOGRAD && kernel != GRAFT_CONV2D_WINOGRAD4 && kernel != GRAFT_CONV2D_WGEMM)
         return graft_conv2d_forward(ctx, g, x, w, b, y);
     int tile = kernel == GRAFT_CONV2D_WINOGRAD4 ? 4 : 2;
-    bool portable = kernel == GRAFT_CONV2D_WGEMM;
+    bool wgemm = kernel == GRAFT_CONV2D_WGEMM;
     graft_conv2d_held *h = *held;
     if (!h) {
         if (!(h = *held = calloc(1, sizeof *h))) return graft_error(GRAFT_ERR_NOMEM, "out of memory");
         graft_ctx_init(&h->store, 0);
     }
-    int layout = portable ? graft_conv2d_wgemm_layout(g) : 0;
+    int layout = wgemm ? graft_conv2d_wgemm_layout(g) : 0;
     if (!h->u || h->kernel != kernel || h->w != w || h->c != g->c || h->oc != g->oc || h->layout != layout) {
         h->u = NULL; /* nothing valid while it is rewritten */
-        float *u = graft_ctx_workspace(&h->store, portable ? graft_conv2d_wgemm_weights_floats(g)
-                                                           : graft_conv2d_winograd_weights_floats(g, tile));
+        float *u = graft_ctx_workspace(&h->store, wgemm ? graft_conv2d_wgemm_weights_floats(g)
+                                                        : graft_conv2d_winograd_weights_floats(g, tile));
         if (!u) return GRAFT_ERR_NOMEM;
-        graft_status s = portable ? graft_conv2d_wgemm_prepare(g, w, u) : graft_conv2d_winograd_prepare(g, tile, w, u);
+        graft_status s = wgemm ? graft_conv2d_wgemm_prepare(g, w, u) : graft_conv2d_winograd_prepare(g, tile, w, u);
         if (s) return s;
         h->u = u, h->kernel = kernel, h->w = w, h->c = g->c, h->oc = g->oc, h->layout = layout;
     }
-    float *scratch = graft_ctx_workspace(ctx, portable ? graft_conv2d_wgemm_prepared_workspace_floats(g)
-                                                       : graft_conv2d_winograd_prepared_workspace_floats(g, tile));
+    float *scratch = graft_ctx_workspace(ctx, wgemm ? graft_conv2d_wgemm_prepared_workspace_floats(g)
+                                                    : graft_conv2d_winograd_prepared_workspace_floats(g, tile));
     if (!scratch) return GRAFT_ERR_NOMEM;
-    return portable ? graft_conv2d_forward_wgemm_prepared(g, x, h->u, b, y, scratch)
-                    : graft_conv2d_forward_winograd_prepared(g, tile, x, h->u, b, y, scratch);
+    return wgemm ? graft_conv2d_forward_wgemm_prepared(g, x, h->u, b, y, scratch)
+                 : graft_conv2d_forward_winograd_prepared(g, tile, x, h->u, b, y, scratch);
 }
 
 /* ---- backward ------------------------------------------------------------- */

@@ -15,8 +15,10 @@
  *           gradient where that is such a convolution.
  *   WINOGRAD4 (conv_avx512.c) Winograd F(4x4, 3x3) for the same convolutions: 4x fewer
  *           multiplications than the direct sums, with larger rounding differences.
- *   WGEMM   (conv_wgemm.c) Winograd F(2x2, 3x3) with its 16 products in BLAS SGEMMs and
- *           portable transforms: the same convolutions as WINOGRAD, on any CPU.
+ *   WGEMM   (conv_wgemm.c) Winograd F(2x2, 3x3) for the same convolutions as WINOGRAD,
+ *           on any CPU: AVX2 loops and a micro-kernel of its own where the CPU has AVX2 and
+ *           FMA (with maps of at most 2 x 2 as one product per output position), else
+ *           portable loops with BLAS for the 16 products.
  * GRAFT_CONV2D_AUTO picks WINOGRAD4 where it measured faster than WINOGRAD (maps of 8 x 8
  * and more that 4x4 tiles cover with little waste, 128 channels on one side: conv.c),
  * else WINOGRAD where the shape allows it (and its transformed weights fit the default
@@ -119,8 +121,9 @@ graft_status graft_conv2d_forward_wgemm_prepared(const graft_conv2d_geom *g, con
  * AVX2 loops take their weights by output position instead of transformed): a prepared
  * u serves the geometries of the same channels and layout. */
 int graft_conv2d_wgemm_layout(const graft_conv2d_geom *g);
-/* Whether later calls run the transforms' portable loops even where the AVX2 ones would
- * run (false restores them): for tests, which compare the two. */
+/* Whether later calls run WGEMM's portable path (portable loops, BLAS products, no
+ * products by output position) even where the AVX2 one would run (false restores it):
+ * for tests, which hold both to the reference. */
 void graft_conv2d_wgemm_set_portable(bool portable);
 
 #endif

@@ -68,7 +68,7 @@ bool graft_conv2d_wgemm_fits(const graft_conv2d_geom *g) {
     return g->oc <= (int64_t)(GRAFT_CONV2D_WORKSPACE_LIMIT_FLOATS / WB_ELEMENTS) / g->c;
 }
 
-static bool portable_loops; /* tests: the transforms' portable loops even where AVX2 runs */
+static bool portable_loops; /* tests: the portable path even where the AVX2 one runs */
 
 void graft_conv2d_wgemm_set_portable(bool portable) { portable_loops = portable; }
 
@@ -212,7 +212,7 @@ static bool next_segment(const wb_job *j, wb_segment *s) {
 }
 
 /* The loops of the transforms, in portable C and in AVX2 (8 tiles or columns at a time,
- * the same additions in the same order, so the same bits: test_conv compares them). */
+ * the same additions in the same order, so the same bits). */
 
 /* B^T d, by columns: u_r[p] from the four patch rows d_r (d_r[p - 1] is padded column p),
  * for p in [lo, hi). */

@@ -30,9 +30,10 @@ uint64_t graft_linear_sparse_dy_count(void) { return __atomic_load_n(&sparse_dy_
 bool graft_linear_sparse_dy_allowed(void) { return sparse_dy_allowed; }
 void graft_linear_sparse_dy_taken(void) { __atomic_fetch_add(&sparse_dy_count, 1, __ATOMIC_RELAXED); }
 
-/* Whether a product of n batch rows with out outputs should try the AVX-512 kernel
- * (which itself declines where the CPU lacks AVX-512F). */
-static bool try_avx512(int64_t n, int64_t out) {
+/* Whether a product of n batch rows with out outputs should try the small-batch kernels:
+ * AVX-512's, then AVX2's where they have the product (each declines where the CPU lacks
+ * its instructions). */
+static bool try_small_batch(int64_t n, int64_t out) {
     switch (forced_kernel) {
     case GRAFT_LINEAR_BLAS: return false;
     case GRAFT_LINEAR_AVX512: return true;
@@ -46,7 +47,7 @@ static bool try_avx512(int64_t n, int64_t out) {
 void graft_linear_forward(graft_ctx *ctx, int64_t n, int64_t in, int64_t out, const float *x, const float *w,
                           const float *b, float *y) {
     if (n <= 0 || out <= 0) return;
-    if (in > 0 && try_avx512(n, out) &&
+    if (in > 0 && try_small_batch(n, out) &&
         (graft_linear_forward_avx512(ctx, n, in, out, x, w, b, y) || graft_linear_forward_avx2(ctx, n, in, out, x, w, b, y)))
         return;
     float beta = 0.0f;
@@ -108,7 +109,7 @@ void graft_linear_backward_ex(graft_ctx *ctx, int64_t n, int64_t in, int64_t out
                               const float *dy, float *dx, float *dw, float *db, bool set_dw, bool set_db) {
     if (dx && in > 0 && n > 0) {
         if (out > 0) {
-            if (!(try_avx512(n, out) && graft_linear_input_grad_avx512(ctx, n, in, out, dy, w, dx)))
+            if (!(try_small_batch(n, out) && graft_linear_input_grad_avx512(ctx, n, in, out, dy, w, dx)))
                 graft_sgemm(false, false, n, in, out, 1.0f, dy, out, w, in, 0.0f, dx, in);
         } else
             for (int64_t i = 0; i < n * in; i++) dx[i] = 0.0f;
@@ -117,7 +118,7 @@ void graft_linear_backward_ex(graft_ctx *ctx, int64_t n, int64_t in, int64_t out
         if (n <= 0) { /* an empty batch: nothing to add, zeros to set */
             if (set_dw)
                 for (int64_t i = 0; i < out * in; i++) dw[i] = 0.0f;
-        } else if (!(set_dw && try_avx512(n, out) &&
+        } else if (!(set_dw && try_small_batch(n, out) &&
                      (graft_linear_weight_grad_avx512(ctx, n, in, out, dy, x, dw) ||
                       graft_linear_weight_grad_avx2(ctx, n, in, out, dy, x, dw)))) {
             graft_sgemm(true, false, out, in, n, 1.0f, dy, out, x, in, set_dw ? 0.0f : 1.0f, dw, in);
@@ -128,7 +129,7 @@ void graft_linear_backward_ex(graft_ctx *ctx, int64_t n, int64_t in, int64_t out
 
 bool graft_linear_weight_grad_to_sink(graft_ctx *ctx, int64_t n, int64_t in, int64_t out, const float *x,
                                       const float *dy, const graft_grad_sink *sink) {
-    if (n <= 0 || in <= 0 || out <= 0 || !try_avx512(n, out)) return false;
+    if (n <= 0 || in <= 0 || out <= 0 || !try_small_batch(n, out)) return false;
     return graft_linear_weight_grad_avx512_sink(ctx, n, in, out, dy, x, sink) ||
            graft_linear_weight_grad_avx2_sink(ctx, n, in, out, dy, x, sink);
 }
