@@ -11,7 +11,9 @@
  * weight gradient (OpenBLAS, the kernel Linear uses for it).  GFLOP/s are
  * 2 * n * in * out / median seconds.  Then the 4096 -> 4096 layer's weight gradient and
  * SGD update, stored and stepped against fused (milliseconds).  The last line is
- * "gflops_per_s N": the AVX-512 forward over the 4096 -> 4096 layer. */
+ * "gflops_per_s N": the AVX-512 forward over the 4096 -> 4096 layer.  On a CPU with AVX2
+ * but not AVX-512 the AVX-512 columns run linear_avx2.c's kernels where it has them (the
+ * forward and the weight gradient) and BLAS elsewhere, and the first line says so. */
 #define _POSIX_C_SOURCE 200809L
 #include <math.h>
 #include <stdio.h>
@@ -168,14 +170,17 @@ int main(int argc, char **argv) {
         fprintf(stderr, "need --batch >= 1, --iters in 1..%d\n", MAX_ITERS);
         return 2;
     }
-    if (!graft_linear_avx512_available()) {
-        fprintf(stderr, "this CPU has no AVX-512F: only the BLAS kernel runs here\n");
+    bool avx512 = graft_linear_avx512_available();
+    if (!avx512 && !graft_linear_avx2_available()) {
+        fprintf(stderr, "this CPU has neither AVX-512F nor AVX2: only the BLAS kernel runs here\n");
         return 1;
     }
     graft_set_num_threads(threads);
     graft_ctx ctx;
     graft_ctx_init(&ctx, 1);
     printf("Linear, batch %d, %d threads, median of %d; GFLOP/s\n", batch, graft_num_threads(), iters);
+    if (!avx512) /* linear_avx2.c: the "avx512" columns run its kernels */
+        printf("no AVX-512F: the avx512 columns run the AVX2 kernels (forward, weight gradient; dx is BLAS's)\n");
     printf("%-14s %13s %13s %13s %13s %13s %13s %13s\n", "layer", "fwd avx512", "fwd BLAS", "dx avx512", "dx BLAS",
            "dw= avx512", "dw= BLAS", "dw+= BLAS");
     double big_gflops = 0, max_diff = 0;
