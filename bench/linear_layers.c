@@ -11,7 +11,7 @@
  * weight gradient (OpenBLAS, the kernel Linear uses for it).  GFLOP/s are
  * 2 * n * in * out / median seconds.  Then the 4096 -> 4096 layer's weight gradient and
  * SGD update, stored and stepped against fused (milliseconds).  The last line is
- * "gflops_per_s N": the AVX-512 forward over the 4096 -> 4096 layer.  On a CPU with AVX2
+ * "gflops_per_s N": the AVX-512 forward over the 4096 -> 4096 layer (dense x).  On a CPU with AVX2
  * but not AVX-512 the AVX-512 columns run linear_avx2.c's kernels where it has them (the
  * forward and the weight gradient) and BLAS elsewhere, and the first line says so. */
 #define _POSIX_C_SOURCE 200809L
@@ -115,11 +115,13 @@ static void fused_table(graft_ctx *ctx, int batch, int iters, double density) {
     free(x), free(dy);
 }
 
-/* The 4096 -> 4096 layer's input gradient and weight gradient written whole, from every
- * term of the sums (dense tiles) and from dy's nonzeros only, at several shares of
- * nonzeros in dy (the recipe's dy, past a ReLU and a Dropout, has about a quarter; the
- * input gradient takes the nonzeros up to 40%, the weight gradient up to 50%).
- * Milliseconds, and whether both give the same bits. */
+/* The 4096 -> 4096 layer's input gradient and weight gradient written whole, by the
+ * small-batch kernels (forced), from every term of the sums and from dy's nonzeros only,
+ * at several shares of nonzeros in dy (the recipe's dy, past a ReLU and a Dropout, has
+ * about a quarter; the input gradient takes the nonzeros up to 40%, the weight gradient
+ * up to 50%).  Milliseconds, and whether both give the same bits.  Then the forward the
+ * same way by the share of nonzeros in x (its nonzeros path is AVX2's, on CPUs without
+ * AVX-512; on others both columns run the AVX-512 forward). */
 static void sparse_table(graft_ctx *ctx, int batch, int iters) {
     static const double density[] = {1.0, 0.75, 0.5, 0.375, 0.25, 0.125};
     int64_t in = 4096, out = 4096, n = batch;
@@ -137,6 +139,7 @@ static void sparse_table(graft_ctx *ctx, int batch, int iters) {
         for (int it = 0; it <= iters; it++)
             for (int j = 0; j < 2; j++) {
                 int k = (j + it) % 2; /* each first in turn: the one after finds some of w in L3 */
+                graft_linear_set_kernel(GRAFT_LINEAR_AVX512);
                 graft_linear_set_sparse_dy(k == 1);
                 double t0 = graft_now_seconds();
                 graft_linear_backward(ctx, n, in, out, x, w, dy, dx[k], NULL, NULL);
@@ -146,12 +149,38 @@ static void sparse_table(graft_ctx *ctx, int batch, int iters) {
                 t[2 + k][it] = graft_now_seconds() - t0;
             }
         graft_linear_set_sparse_dy(true);
+        graft_linear_set_kernel(GRAFT_LINEAR_AUTO);
         printf("%-10.3f %11.2f %11.2f %6s %11.2f %11.2f %6s\n", density[d], 1e3 * median(t[0] + 1, iters),
                1e3 * median(t[1] + 1, iters), memcmp(dx[0], dx[1], nx * sizeof(float)) ? "NO" : "yes",
                1e3 * median(t[2] + 1, iters), 1e3 * median(t[3] + 1, iters),
                memcmp(dw[0], dw[1], nw * sizeof(float)) ? "NO" : "yes");
         free(dy), free(keep);
     }
+    printf("\n4096->4096 forward, batch %d, ms, by share of nonzeros in x\n", batch);
+    printf("%-10s %11s %11s %6s\n", "nonzero", "fwd: every", "nonzeros", "same");
+    size_t ny = (size_t)(n * out);
+    float *y[2] = {zero_floats(ny), zero_floats(ny)};
+    for (size_t d = 0; d < sizeof density / sizeof density[0]; d++) {
+        float *xs = random_floats(nx, 6, 1.0f), *keep = random_floats(nx, 7, 0.5f);
+        for (size_t i = 0; i < nx; i++)
+            if (keep[i] + 0.5f >= (float)density[d]) xs[i] = 0.0f;
+        double t[2][MAX_ITERS + 1];
+        for (int it = 0; it <= iters; it++)
+            for (int j = 0; j < 2; j++) {
+                int k = (j + it) % 2;
+                graft_linear_set_kernel(GRAFT_LINEAR_AVX512);
+                graft_linear_set_sparse_x(k == 1);
+                double t0 = graft_now_seconds();
+                graft_linear_forward(ctx, n, in, out, xs, w, NULL, y[k]);
+                t[k][it] = graft_now_seconds() - t0;
+            }
+        graft_linear_set_sparse_x(true);
+        graft_linear_set_kernel(GRAFT_LINEAR_AUTO);
+        printf("%-10.3f %11.2f %11.2f %6s\n", density[d], 1e3 * median(t[0] + 1, iters), 1e3 * median(t[1] + 1, iters),
+               memcmp(y[0], y[1], ny * sizeof(float)) ? "NO" : "yes");
+        free(xs), free(keep);
+    }
+    free(y[0]), free(y[1]);
     free(x), free(w), free(dw[0]), free(dw[1]), free(dx[0]), free(dx[1]);
 }
 
@@ -180,7 +209,7 @@ int main(int argc, char **argv) {
     graft_ctx_init(&ctx, 1);
     printf("Linear, batch %d, %d threads, median of %d; GFLOP/s\n", batch, graft_num_threads(), iters);
     if (!avx512) /* linear_avx2.c: the "avx512" columns run its kernels */
-        printf("no AVX-512F: the avx512 columns run the AVX2 kernels (forward, weight gradient; dx is BLAS's)\n");
+        printf("no AVX-512F: the avx512 columns run the AVX2 kernels (forward, weight gradient, dx in its dense form)\n");
     printf("%-14s %13s %13s %13s %13s %13s %13s %13s\n", "layer", "fwd avx512", "fwd BLAS", "dx avx512", "dx BLAS",
            "dw= avx512", "dw= BLAS", "dw+= BLAS");
     double big_gflops = 0, max_diff = 0;

@@ -4,8 +4,9 @@
  *
  * Kernel choice (docs/performance.md, ops/linear_internal.h): for small batches the
  * forward, the input gradient, and the weight gradient when it is written whole (a
- * gradient zeroed lazily) take linear_avx512.c where the CPU has AVX-512F (the forward
- * and the weight gradient linear_avx2.c where it has AVX2 and FMA only) — on the
+ * gradient zeroed lazily) take linear_avx512.c where the CPU has AVX-512F (linear_avx2.c
+ * where it has AVX2 and FMA only: the input gradient there where at most 40% of dy is
+ * nonzero, and the forward from x's nonzeros where at most 40% of x is) — on the
  * recipe's 64 x 4096 x 4096 products OpenBLAS's SGEMM spends much of its time packing
  * the weights, and with beta = 0 still clears the output in a pass of its own; larger
  * batches, small heads, other CPUs and accumulated weight gradients take OpenBLAS's
@@ -30,6 +31,15 @@ uint64_t graft_linear_sparse_dy_count(void) { return __atomic_load_n(&sparse_dy_
 bool graft_linear_sparse_dy_allowed(void) { return sparse_dy_allowed; }
 void graft_linear_sparse_dy_taken(void) { __atomic_fetch_add(&sparse_dy_count, 1, __ATOMIC_RELAXED); }
 
+/* The same for the forward from x's nonzeros (linear_avx2.c). */
+static bool sparse_x_allowed = true;
+static uint64_t sparse_x_count; /* atomic */
+
+void graft_linear_set_sparse_x(bool on) { sparse_x_allowed = on; }
+uint64_t graft_linear_sparse_x_count(void) { return __atomic_load_n(&sparse_x_count, __ATOMIC_RELAXED); }
+bool graft_linear_sparse_x_allowed(void) { return sparse_x_allowed; }
+void graft_linear_sparse_x_taken(void) { __atomic_fetch_add(&sparse_x_count, 1, __ATOMIC_RELAXED); }
+
 /* Whether a product of n batch rows with out outputs should try the small-batch kernels:
  * AVX-512's, then AVX2's where they have the product (each declines where the CPU lacks
  * its instructions). */
@@ -48,7 +58,9 @@ void graft_linear_forward(graft_ctx *ctx, int64_t n, int64_t in, int64_t out, co
                           const float *b, float *y) {
     if (n <= 0 || out <= 0) return;
     if (in > 0 && try_small_batch(n, out) &&
-        (graft_linear_forward_avx512(ctx, n, in, out, x, w, b, y) || graft_linear_forward_avx2(ctx, n, in, out, x, w, b, y)))
+        (graft_linear_forward_avx512(ctx, n, in, out, x, w, b, y) ||
+         graft_linear_forward_sparse_avx2(ctx, n, in, out, x, w, b, y) ||
+         graft_linear_forward_avx2(ctx, n, in, out, x, w, b, y)))
         return;
     float beta = 0.0f;
     if (b) { /* start y at the bias and let the GEMM add onto it */
@@ -109,7 +121,9 @@ void graft_linear_backward_ex(graft_ctx *ctx, int64_t n, int64_t in, int64_t out
                               const float *dy, float *dx, float *dw, float *db, bool set_dw, bool set_db) {
     if (dx && in > 0 && n > 0) {
         if (out > 0) {
-            if (!(try_small_batch(n, out) && graft_linear_input_grad_avx512(ctx, n, in, out, dy, w, dx)))
+            if (!(try_small_batch(n, out) &&
+                  (graft_linear_input_grad_avx512(ctx, n, in, out, dy, w, dx) ||
+                   graft_linear_input_grad_avx2(ctx, n, in, out, dy, w, dx, forced_kernel == GRAFT_LINEAR_AVX512))))
                 graft_sgemm(false, false, n, in, out, 1.0f, dy, out, w, in, 0.0f, dx, in);
         } else
             for (int64_t i = 0; i < n * in; i++) dx[i] = 0.0f;

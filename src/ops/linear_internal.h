@@ -8,7 +8,9 @@
  *   AVX512  linear_avx512.c, for small batches (the trainer's 64 rows against weights of
  *           4096 x 4096), on CPUs with AVX-512F; on CPUs with AVX2 and FMA but not
  *           AVX-512, linear_avx2.c takes the same cases of the forward and the
- *           weight gradient (the input gradient stays with BLAS there).
+ *           weight gradient, and of the input gradient where at most 40% of dy is
+ *           nonzero (BLAS's otherwise); its forward sums only x's nonzeros where at
+ *           most 40% of x is.
  * GRAFT_LINEAR_AUTO picks AVX512 where the CPU has it, the batch is at most
  * GRAFT_LINEAR_AVX512_MAX_ROWS rows and there are at least GRAFT_LINEAR_AVX512_MIN_OUT
  * outputs (measured faster there, docs/performance.md), else BLAS.  Weight gradients
@@ -71,6 +73,14 @@ uint64_t graft_linear_sparse_dy_count(void);
 bool graft_linear_sparse_dy_allowed(void);
 void graft_linear_sparse_dy_taken(void);
 
+/* Whether the forward may sum x's nonzeros only, on CPUs with AVX2 but not AVX-512 (the
+ * same bits either way); on by default.  Process-wide: for tests and benchmarks.  Then how
+ * many forwards have, and for the kernel, its setting and one more counted. */
+void graft_linear_set_sparse_x(bool on);
+uint64_t graft_linear_sparse_x_count(void);
+bool graft_linear_sparse_x_allowed(void);
+void graft_linear_sparse_x_taken(void);
+
 /* The same weight gradient handed to sink (ops.h) in blocks instead of stored: each
  * block is computed into the thread's scratch as above, then passed on a row's part at
  * a time.
@@ -82,6 +92,16 @@ bool graft_linear_weight_grad_avx512_sink(graft_ctx *ctx, int64_t n, int64_t in,
 
 /* Whether this CPU runs AVX2 and FMA code (and the build has the kernel). */
 bool graft_linear_avx2_available(void);
+/* The forward from x's nonzeros (linear_avx2.c, at sp_slab), with the bits of the forward
+ * below, where at most 40% of x is nonzero and graft_linear_set_sparse_x allows it; else
+ * false, having written nothing. */
+bool graft_linear_forward_sparse_avx2(graft_ctx *ctx, int64_t n, int64_t in, int64_t out, const float *x,
+                                      const float *w, const float *b, float *y);
+/* The input gradient dx = dy w, from dy's nonzeros where at most 40% of dy is nonzero and
+ * graft_linear_set_sparse_dy allows it; otherwise, where forced, with every term in the
+ * same order (the bits the nonzeros give); else false, having written nothing. */
+bool graft_linear_input_grad_avx2(graft_ctx *ctx, int64_t n, int64_t in, int64_t out, const float *dy, const float *w,
+                                  float *dx, bool forced);
 /* The forward, as graft_linear_forward_avx512 (the same cases, where the CPU has AVX2
  * but not AVX-512). */
 bool graft_linear_forward_avx2(graft_ctx *ctx, int64_t n, int64_t in, int64_t out, const float *x, const float *w,

@@ -162,6 +162,9 @@ static void test_ref_db_matches_finite_differences(void **state) {
     gradcheck_all(WRT_B);
 }
 
+/* Whether the CPU runs the small-batch kernels: AVX-512's, or AVX2's. */
+static bool small_batch_kernels_available(void) { return graft_linear_avx512_available() || graft_linear_avx2_available(); }
+
 /* The kernels every fast-path test runs with, in turn. */
 static const graft_linear_kernel kernels[] = {GRAFT_LINEAR_AUTO, GRAFT_LINEAR_BLAS, GRAFT_LINEAR_AVX512};
 static const char *const kernel_names[] = {"auto", "blas", "avx512"};
@@ -218,12 +221,10 @@ static void test_fast_forward_without_bias_matches_reference(void **state) {
 
 /* The AVX-512 kernels split outputs over threads, never a sum: one thread and three
  * give the same bits (forward, input gradient, weight gradient written whole); so do the
- * AVX2 kernels (forward, weight gradient) on a CPU with AVX2 but not AVX-512, where the
- * input gradient is BLAS's. */
+ * AVX2 kernels on a CPU with AVX2 but not AVX-512. */
 static void test_avx512_kernels_are_the_same_for_any_thread_count(void **state) {
     (void)state;
-    bool avx512 = graft_linear_avx512_available();
-    if (!avx512 && !graft_linear_avx2_available()) {
+    if (!small_batch_kernels_available()) {
         print_message("no AVX-512F or AVX2 on this CPU: skipped\n");
         return;
     }
@@ -242,7 +243,7 @@ static void test_avx512_kernels_are_the_same_for_any_thread_count(void **state) 
     graft_linear_forward(&ctx, s.n, s.in, s.out, x, w, b, y3);
     graft_linear_backward_ex(&ctx, s.n, s.in, s.out, x, w, dy, dx3, dw3, NULL, true, false);
     assert_memory_equal(y1, y3, (size_t)(s.n * s.out) * sizeof(float));
-    if (avx512) assert_memory_equal(dx1, dx3, (size_t)(s.n * s.in) * sizeof(float));
+    assert_memory_equal(dx1, dx3, (size_t)(s.n * s.in) * sizeof(float));
     assert_memory_equal(dw1, dw3, (size_t)(s.out * s.in) * sizeof(float));
     free(dy), free(dx1), free(dx3), free(dw1), free(dw3);
     graft_linear_set_kernel(GRAFT_LINEAR_AUTO);
@@ -304,7 +305,6 @@ static void collect_piece(void *user, int64_t begin, int64_t end, int64_t next, 
 /* Whether this CPU runs a small-batch weight-gradient kernel: AVX-512's, or AVX2's
  * (which forcing GRAFT_LINEAR_AVX512 selects for the weight gradient where the CPU has no
  * AVX-512). */
-static bool wgrad_kernel_available(void) { return graft_linear_avx512_available() || graft_linear_avx2_available(); }
 
 /* Where it runs (AVX-512 or AVX2, batches of at most 128 into 64 outputs or more) the sink
  * gets every element of dw once, after one begin, with exactly the bits the same kernel
@@ -323,7 +323,7 @@ static void test_weight_grad_to_sink_gives_the_stored_bits(void **state) {
             collector_init(&c, s.out * s.in);
             graft_grad_sink sink = {collect_begin, collect_piece, &c};
             bool took = graft_linear_weight_grad_to_sink(&ctx, s.n, s.in, s.out, x, dy, &sink);
-            bool expected = wgrad_kernel_available() && s.out >= 64 && s.n <= 128;
+            bool expected = small_batch_kernels_available() && s.out >= 64 && s.n <= 128;
             assert_int_equal(took, expected);
             if (took) {
                 graft_linear_set_kernel(GRAFT_LINEAR_AVX512);
@@ -393,7 +393,7 @@ static double nonzeros_ref_err(const problem *p, const float *dy, const float *g
  * of the double reference; half of dy nonzero or more takes every term. */
 static void test_weight_grad_from_nonzeros_gives_the_dense_bits(void **state) {
     (void)state;
-    if (!wgrad_kernel_available()) {
+    if (!small_batch_kernels_available()) {
         print_message("no AVX-512F or AVX2 on this CPU: skipped\n");
         return;
     }
@@ -453,8 +453,8 @@ static bool avx512_dx(shape s, const float *w, const float *dy, bool sparse, flo
  * double reference; more nonzeros take the tiles. */
 static void test_input_grad_from_nonzeros_gives_the_dense_bits(void **state) {
     (void)state;
-    if (!graft_linear_avx512_available()) {
-        print_message("no AVX-512F on this CPU: skipped\n");
+    if (!small_batch_kernels_available()) {
+        print_message("no AVX-512F or AVX2 on this CPU: skipped\n");
         return;
     }
     /* chunks of 64 rows of w with a short last one, blocks of 64 inputs with a short last
@@ -490,8 +490,8 @@ static void test_input_grad_from_nonzeros_gives_the_dense_bits(void **state) {
  * and the result has the NaNs of the dense sum: dy [., 0] is all zero, so
  * dw [0, 17] = sum_m 0 * x [m, 17] with x [5, 17] bad, and dx [m, 17] takes 0 * w [0, 17]. */
 static void check_nonfinite(bool in_w) {
-    if (in_w ? !graft_linear_avx512_available() : !wgrad_kernel_available()) {
-        print_message("no AVX-512F on this CPU: skipped\n");
+    if (!small_batch_kernels_available()) {
+        print_message("no AVX-512F or AVX2 on this CPU: skipped\n");
         return;
     }
     const float bad[] = {INFINITY, -INFINITY, NAN};
@@ -527,6 +527,73 @@ static void test_weight_grad_with_nonfinite_x_sums_every_term(void **state) {
 static void test_input_grad_with_nonfinite_w_sums_every_term(void **state) {
     (void)state;
     check_nonfinite(true);
+}
+
+/* y = x w^T + b by the small-batch forward, with the nonzeros path allowed or not;
+ * returns whether it took that path. */
+static bool small_forward(shape s, const float *x, const float *w, const float *b, bool sparse, float *y) {
+    uint64_t before = graft_linear_sparse_x_count();
+    graft_linear_set_sparse_x(sparse);
+    graft_linear_set_kernel(GRAFT_LINEAR_AVX512);
+    graft_linear_forward(&ctx, s.n, s.in, s.out, x, w, b, y);
+    graft_linear_set_kernel(GRAFT_LINEAR_AUTO);
+    graft_linear_set_sparse_x(true);
+    return graft_linear_sparse_x_count() != before;
+}
+
+/* On a CPU with AVX2 but not AVX-512, where at most 40% of x is nonzero (the recipe's
+ * classifier.3 past a ReLU and a Dropout) the forward sums x's nonzeros only: the bits of
+ * the dense forward, for one thread and three, within FAST_TOL of the double reference;
+ * more nonzeros take the dense forward.  An infinity or NaN in w (its tile sums every
+ * term, so 0 times it is NaN as in the dense sums) or in x changes nothing of that. */
+static void test_forward_from_nonzeros_gives_the_dense_bits(void **state) {
+    (void)state;
+    if (graft_linear_avx512_available() || !graft_linear_avx2_available()) {
+        print_message("AVX-512F on this CPU, or no AVX2: skipped (the kernel is AVX2's)\n");
+        return;
+    }
+    /* blocks of 64 outputs and chunks of 64 inputs, with short last ones */
+    const shape shapes[] = {{64, 4096, 64}, {128, 257, 70}, {7, 33, 65}, {64, 100, 200}, {1, 5, 64}, {3, 1100, 97}};
+    const double keeps[] = {0.25, 0.05, 0.35, 0.9};
+    const float bad[] = {1.0f, INFINITY, NAN}; /* 1: nothing bad */
+    for (int threads = 1; threads <= 3; threads += 2) {
+        assert_int_equal(graft_set_num_threads(threads), GRAFT_OK);
+        for (int i = 0; i < COUNT(shapes); i++)
+            for (int k = 0; k < COUNT(keeps); k++)
+                for (int where = 0; where < 3; where++) { /* nothing, w, x */
+                    shape s = shapes[i];
+                    problem p = make_problem(s, 2200 + (uint64_t)i);
+                    float *x = tu_to_float(p.x, s.n * s.in), *w = tu_to_float(p.w, s.out * s.in);
+                    float *b = tu_to_float(p.b, s.out);
+                    graft_rng r;
+                    graft_rng_seed(&r, 2300 + (uint64_t)(i * 8 + k));
+                    int64_t nonzero = 0;
+                    for (int64_t j = 0; j < s.n * s.in; j++) {
+                        if (graft_rng_uniform(&r) >= keeps[k]) x[j] = x[j] < 0 ? -0.0f : 0.0f;
+                        nonzero += x[j] != 0;
+                    }
+                    if (where == 1) w[(s.out - 1) * s.in + s.in / 2] = bad[1 + k % 2];
+                    if (where == 2 && x[s.in / 2] == 0) nonzero++;
+                    if (where == 2) x[s.in / 2] = bad[1 + k % 2];
+                    float *dense = float_filled(s.n * s.out, 0), *sparse = float_filled(s.n * s.out, 0);
+                    assert_false(small_forward(s, x, w, b, false, dense));
+                    bool took = small_forward(s, x, w, b, true, sparse);
+                    assert_int_equal(took, nonzero <= (int64_t)(0.4 * (double)(s.n * s.in)));
+                    assert_memory_equal(sparse, dense, (size_t)(s.n * s.out) * sizeof(float));
+                    if (where == 0) {
+                        for (int64_t j = 0; j < s.n * s.in; j++) p.x[j] = x[j];
+                        graft_ref_linear_forward(s.n, s.in, s.out, p.x, p.w, p.b, p.y);
+                        double err = tu_rel_err_fd(sparse, p.y, s.n * s.out, 1e-6);
+                        report("forward from nonzeros", i, err);
+                        assert_true(err <= FAST_TOL);
+                    } else {
+                        assert_false(isfinite(sparse[s.out - 1])); /* x [0, in / 2] times w [out - 1, in / 2] */
+                    }
+                    free(x), free(w), free(b), free(dense), free(sparse);
+                    free_problem(&p);
+                }
+    }
+    assert_int_equal(graft_set_num_threads(3), GRAFT_OK);
 }
 
 /* Every shape with each kernel (the AVX-512 one computes dx here; dw accumulates, so
@@ -832,6 +899,7 @@ int main(void) {
         cmocka_unit_test(test_weight_grad_with_nonfinite_x_sums_every_term),
         cmocka_unit_test(test_input_grad_from_nonzeros_gives_the_dense_bits),
         cmocka_unit_test(test_input_grad_with_nonfinite_w_sums_every_term),
+        cmocka_unit_test(test_forward_from_nonzeros_gives_the_dense_bits),
         cmocka_unit_test(test_fast_backward_accumulates_dw_and_db),
         cmocka_unit_test(test_backward_set_overwrites_dw_and_db),
         cmocka_unit_test(test_fast_backward_overwrites_dx),
