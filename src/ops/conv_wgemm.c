@@ -23,10 +23,13 @@
  *
  * Tiles are numbered (image, tile row, tile column) and taken in chunks of chunk_tiles(g),
  * a function of the channel counts only, small enough that a chunk's V and M stay in L2
- * between the transform and the products.  The work units, (chunk, part of the output
- * channels), are split over graft's pool, each thread with its own V and M.  Deep layers
- * on small maps have few chunks, and then the AVX2 path splits the output channels too,
- * in multiples of 16 rows.
+ * between the transform and the products where the channels allow (below, at
+ * WB_CHUNK_FLOATS).  The work units, (chunk, part of the output channels), are split over
+ * graft's pool, each thread with its own V and M.  Deep layers on small maps have few
+ * chunks, and then the AVX2 path splits the output channels too, in multiples of 48 rows.
+ * The AVX2 path keeps U packed as BLAS packs its A panels (gemm_avx2.h,
+ * graft_avx2_products_packed): a step of the products broadcasts from one run of U
+ * instead of six rows 1-2 KiB apart.
  *
  * Each output is the same float whatever the thread count or the batch around its image
  * (the feature cache runs the trunk on larger batches than training does; test_conv
@@ -52,13 +55,19 @@
 
 #define WB_ELEMENTS 16       /* a transformed 4x4 tile */
 #define WB_ALIGN_FLOATS 16   /* 64-byte alignment of each thread's scratch */
-#define WB_ROW_ALIGN 16      /* output-channel parts are multiples of this many rows */
-/* A chunk's V [16][c][tiles] is about this many floats (256 KiB), within 32..4096 tiles:
+#define WB_ROW_ALIGN 48      /* output-channel parts are multiples of this many rows: whole
+                              * panels of 16 tiles' rows of M and whole blocks of packed U */
+/* A chunk's V [16][c][tiles] is about this many floats (256 KiB), within 64..4096 tiles:
  * measured on VGG16's layers on a Zen 3 (512 KiB of L2 per core), where chunks of 1 to 4 Mi
  * floats ran 10-35% slower than 256 Ki, and 64, 128 and 256 Ki were within noise, the deep
- * layers ahead with the smallest. */
+ * layers ahead with the smallest.  The floor: every chunk reads all of U (4 MiB for 256
+ * channels, 16 MiB for 512, past L2 and most of L3), so the deep layers' chunks need tiles
+ * enough to use it.  The products alone, one thread, U packed: 256 channels, 16 tiles 39-41
+ * GFLOP/s, 64 tiles 54; 512 channels, 32 tiles 33-34, 64 tiles 57, 128 tiles 59.
+ * `graft bench features` at batch 256, four alternations: floors of 32, 64 and 128 tiles
+ * with U packed 172-225, 228-237 and 170-241 images/s, 32 with U by rows 166-245. */
 #define WB_CHUNK_FLOATS ((int64_t)64 * 1024)
-#define WB_CHUNK_MIN 32
+#define WB_CHUNK_MIN 64
 #define WB_CHUNK_MAX 4096
 
 bool graft_conv2d_wgemm_fits(const graft_conv2d_geom *g) {
@@ -94,11 +103,31 @@ static bool uses_taps(const graft_conv2d_geom *g) {
     return g->h <= 2 && g->w <= 2 && graft_cpu_avx2() && !portable_loops;
 }
 
-int graft_conv2d_wgemm_layout(const graft_conv2d_geom *g) { return uses_taps(g) ? 1 : 0; }
+/* Whether U is packed for gemm_avx2.h's kernel (graft_avx2_products_packed): the AVX2
+ * loops' products read U_e [oc][c] as blocks of GRAFT_AVX2_MR rows, [c][6] each. */
+static bool packed_u(const graft_conv2d_geom *g) {
+#if GRAFT_HAVE_AVX2_BUILD
+    return !uses_taps(g) && graft_cpu_avx2() && !portable_loops;
+#else
+    (void)g;
+    return false;
+#endif
+}
+
+/* Rows of one U_e as stored: padded to whole blocks where packed. */
+static int64_t u_rows(const graft_conv2d_geom *g) {
+#if GRAFT_HAVE_AVX2_BUILD
+    if (packed_u(g)) return round_up(g->oc, GRAFT_AVX2_MR);
+#endif
+    return g->oc;
+}
+
+int graft_conv2d_wgemm_layout(const graft_conv2d_geom *g) { return uses_taps(g) ? 1 : packed_u(g) ? 2 : 0; }
 
 size_t graft_conv2d_wgemm_weights_floats(const graft_conv2d_geom *g) {
-    /* U [16][oc][c], or W_p [hw][oc][c hw] with hw <= 4 */
-    return (size_t)round_up(WB_ELEMENTS * g->oc * g->c, WB_ALIGN_FLOATS);
+    /* U [16][oc][c] (packed: [16][oc / 6][c][6], oc rounded up), or W_p [hw][oc][c hw]
+     * with hw <= 4 */
+    return (size_t)round_up(WB_ELEMENTS * u_rows(g) * g->c, WB_ALIGN_FLOATS);
 }
 
 size_t graft_conv2d_wgemm_prepared_workspace_floats(const graft_conv2d_geom *g) {
@@ -125,7 +154,10 @@ typedef struct wb_weights_job {
 
 static void weights_range(void *arg, int64_t begin, int64_t end) {
     const wb_weights_job *j = arg;
-    int64_t c = j->g->c, plane = j->g->oc * c;
+    int64_t c = j->g->c, plane = u_rows(j->g) * c;
+#if GRAFT_HAVE_AVX2_BUILD
+    bool packed = packed_u(j->g);
+#endif
     for (int64_t o = begin; o < end; o++)
         for (int64_t ci = 0; ci < c; ci++) {
             const float *k = j->w + (o * c + ci) * 9;
@@ -138,6 +170,9 @@ static void weights_range(void *arg, int64_t begin, int64_t end) {
                 gg[3][col] = d;
             }
             float *dst = j->u + o * c + ci;
+#if GRAFT_HAVE_AVX2_BUILD
+            if (packed) dst = j->u + (o / GRAFT_AVX2_MR * c + ci) * GRAFT_AVX2_MR + o % GRAFT_AVX2_MR;
+#endif
             for (int r = 0; r < 4; r++) { /* (G g) G^T */
                 float a = gg[r][0], b = gg[r][1], d = gg[r][2], ad = a + d;
                 dst[(r * 4 + 0) * plane] = a;
@@ -170,6 +205,14 @@ graft_status graft_conv2d_wgemm_prepare(const graft_conv2d_geom *g, const float 
         return graft_error(GRAFT_ERR_UNSUPPORTED, "conv2d: Winograd needs a 3x3, stride-1, padding-1 kernel");
     wb_weights_job j = {.g = g, .w = w, .u = u};
     graft_parallel_for(g->oc, 1 + 4096 / (9 * g->c), uses_taps(g) ? taps_range : weights_range, &j);
+#if GRAFT_HAVE_AVX2_BUILD
+    int64_t plane = u_rows(g) * g->c;
+    if (u_rows(g) > g->oc) /* the last block's padding rows */
+        for (int e = 0; e < WB_ELEMENTS; e++)
+            for (int64_t ci = 0; ci < g->c; ci++)
+                for (int64_t o = g->oc; o < u_rows(g); o++)
+                    u[e * plane + (o / GRAFT_AVX2_MR * g->c + ci) * GRAFT_AVX2_MR + o % GRAFT_AVX2_MR] = 0.0f;
+#endif
     return GRAFT_OK;
 }
 
@@ -185,6 +228,7 @@ typedef struct wb_job {
     int64_t th, tw, tiles, tc, chunks, parts, units;
     int64_t ldv; /* floats between rows of V_e: tc plus a cache line, so that rows do not
                   * fall on the same few sets of L1 */
+    int64_t u_plane; /* floats between U_e and U_{e+1} */
     bool avx2; /* the transforms' AVX2 loops */
 } wb_job;
 
@@ -433,9 +477,9 @@ static void wb_task(void *arg, int64_t begin, int64_t end) {
             int64_t rows_m = o1 - o0, ldv = j->ldv;
 #if GRAFT_HAVE_AVX2_BUILD
             if (j->avx2) {
-                for (int e = 0; e < WB_ELEMENTS; e++)
-                    graft_avx2_products(true, j->u + (e * g->oc + o0) * c, c, rows_m, c, v + e * c * ldv, ldv,
-                                        round_up(t1 - t0, 16), m + e * rows_m * tc, tc);
+                for (int e = 0; e < WB_ELEMENTS; e++) /* o0: a multiple of WB_ROW_ALIGN, so of whole blocks */
+                    graft_avx2_products_packed(true, j->u + e * j->u_plane + o0 * c, rows_m, c, v + e * c * ldv, ldv,
+                                               round_up(t1 - t0, 16), m + e * rows_m * tc, tc);
                 output_transform(j, t0, t1, m, o0, o1, rows_m);
                 continue;
             }
@@ -531,7 +575,8 @@ graft_status graft_conv2d_forward_wgemm_prepared(const graft_conv2d_geom *g, con
     }
     int64_t threads = graft_num_threads();
     wb_job j = {.g = g, .x = x, .u = u, .b = b, .y = y, .th = (g->oh + 1) / 2, .tw = (g->ow + 1) / 2,
-                .tc = chunk_tiles(g), .ldv = chunk_tiles(g) + 16, .avx2 = graft_cpu_avx2() && !portable_loops};
+                .tc = chunk_tiles(g), .ldv = chunk_tiles(g) + 16, .u_plane = u_rows(g) * g->c,
+                .avx2 = graft_cpu_avx2() && !portable_loops};
     float *zeros = aligned(scratch);
     memset(zeros, 0, (size_t)g->w * sizeof(float));
     j.zeros = zeros;
