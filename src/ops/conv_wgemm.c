@@ -55,6 +55,9 @@
 
 #define WB_ELEMENTS 16       /* a transformed 4x4 tile */
 #define WB_ALIGN_FLOATS 16   /* 64-byte alignment of each thread's scratch */
+/* Floats after each M_e, so that the 16 planes (a power of two apart for VGG's channels)
+ * do not fall on the same sets of L1, where the output transform reads all 16 at once */
+#define WB_M_PAD 16
 #define WB_ROW_ALIGN 48      /* output-channel parts are multiples of this many rows: whole
                               * panels of 16 tiles' rows of M and whole blocks of packed U */
 /* A chunk's V [16][c][tiles] is about this many floats (256 KiB), within 64..4096 tiles:
@@ -93,7 +96,7 @@ static int64_t chunk_tiles(const graft_conv2d_geom *g) {
 /* One thread's V [16][c][tc], M [16][oc][tc] and the four transformed input rows. */
 static size_t thread_floats(const graft_conv2d_geom *g) {
     int64_t tc = chunk_tiles(g);
-    size_t f = (size_t)(WB_ELEMENTS * (g->c * (tc + 16) + round_up(g->oc, WB_ROW_ALIGN) * tc) + 4 * (g->w + 4));
+    size_t f = (size_t)(WB_ELEMENTS * (g->c * (tc + 16) + round_up(g->oc, WB_ROW_ALIGN) * tc + WB_M_PAD) + 4 * (g->w + 4));
     return (size_t)round_up((int64_t)f, WB_ALIGN_FLOATS);
 }
 
@@ -434,7 +437,7 @@ static void input_transform(const wb_job *j, int64_t t0, int64_t t1, float *v, f
 static void output_transform(const wb_job *j, int64_t t0, int64_t t1, const float *m, int64_t o0, int64_t o1,
                              int64_t rows) {
     const graft_conv2d_geom *g = j->g;
-    int64_t oh = g->oh, ow = g->ow, p = oh * ow, tc = j->tc, es = rows * tc;
+    int64_t oh = g->oh, ow = g->ow, p = oh * ow, tc = j->tc, es = rows * tc + WB_M_PAD;
     for (int64_t o = o0; o < o1; o++) {
         float bias = j->b ? j->b[o] : 0.0f;
         const float *mo = m + (o - o0) * tc;
@@ -464,7 +467,7 @@ static void wb_task(void *arg, int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; task++) {
         float *v = j->scratch + (size_t)task * j->scratch_stride;
         float *m = v + WB_ELEMENTS * c * j->ldv;
-        float *rows = m + WB_ELEMENTS * round_up(g->oc, WB_ROW_ALIGN) * tc;
+        float *rows = m + WB_ELEMENTS * (round_up(g->oc, WB_ROW_ALIGN) * tc + WB_M_PAD);
         int64_t u0 = j->units * task / threads, u1 = j->units * (task + 1) / threads, have = -1;
         for (int64_t un = u0; un < u1; un++) {
             int64_t chunk = un / j->parts, part = un % j->parts;
@@ -479,7 +482,7 @@ static void wb_task(void *arg, int64_t begin, int64_t end) {
             if (j->avx2) {
                 for (int e = 0; e < WB_ELEMENTS; e++) /* o0: a multiple of WB_ROW_ALIGN, so of whole blocks */
                     graft_avx2_products_packed(true, j->u + e * j->u_plane + o0 * c, rows_m, c, v + e * c * ldv, ldv,
-                                               round_up(t1 - t0, 16), m + e * rows_m * tc, tc);
+                                               round_up(t1 - t0, 16), m + e * (rows_m * tc + WB_M_PAD), tc);
                 output_transform(j, t0, t1, m, o0, o1, rows_m);
                 continue;
             }
@@ -488,7 +491,7 @@ static void wb_task(void *arg, int64_t begin, int64_t end) {
             for (int e = 0; e < WB_ELEMENTS; e++)
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)rows_m, (int)tc, (int)c, 1.0f,
                             j->u + (e * g->oc + o0) * c, (int)c, v + e * c * ldv, (int)ldv, 0.0f,
-                            m + e * rows_m * tc, (int)tc);
+                            m + e * (rows_m * tc + WB_M_PAD), (int)tc);
             output_transform(j, t0, t1, m, o0, o1, rows_m);
         }
     }
