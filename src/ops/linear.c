@@ -6,7 +6,7 @@
  * forward, the input gradient, and the weight gradient when it is written whole (a
  * gradient zeroed lazily) take linear_avx512.c where the CPU has AVX-512F (linear_avx2.c
  * where it has AVX2 and FMA only: the input gradient there where at most 40% of dy is
- * nonzero, and the forward from x's nonzeros where at most 40% of x is) — on the
+ * nonzero, and the forward from x's nonzeros where at most 75% of x is) — on the
  * recipe's 64 x 4096 x 4096 products OpenBLAS's SGEMM spends much of its time packing
  * the weights, and with beta = 0 still clears the output in a pass of its own; larger
  * batches, small heads, other CPUs and accumulated weight gradients take OpenBLAS's

@@ -10,7 +10,7 @@
  *           AVX-512, linear_avx2.c takes the same cases of the forward and the
  *           weight gradient, and of the input gradient where at most 40% of dy is
  *           nonzero (BLAS's otherwise); its forward sums only x's nonzeros where at
- *           most 40% of x is.
+ *           most 75% of x is.
  * GRAFT_LINEAR_AUTO picks AVX512 where the CPU has it, the batch is at most
  * GRAFT_LINEAR_AVX512_MAX_ROWS rows and there are at least GRAFT_LINEAR_AVX512_MIN_OUT
  * outputs (measured faster there, docs/performance.md), else BLAS.  Weight gradients
@@ -93,7 +93,7 @@ bool graft_linear_weight_grad_avx512_sink(graft_ctx *ctx, int64_t n, int64_t in,
 /* Whether this CPU runs AVX2 and FMA code (and the build has the kernel). */
 bool graft_linear_avx2_available(void);
 /* The forward from x's nonzeros (linear_avx2.c, at sp_slab), with the bits of the forward
- * below, where at most 40% of x is nonzero and graft_linear_set_sparse_x allows it; else
+ * below, where at most 75% of x is nonzero and graft_linear_set_sparse_x allows it; else
  * false, having written nothing. */
 bool graft_linear_forward_sparse_avx2(graft_ctx *ctx, int64_t n, int64_t in, int64_t out, const float *x,
                                       const float *w, const float *b, float *y);
