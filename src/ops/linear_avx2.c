@@ -23,9 +23,9 @@
  *     into dw.  The update is what takes the time there (it streams the weights and their
  *     momentum, 256 MB for the recipe's 4096 x 4096, where the products take 8 ms), so the
  *     blocks are whole rows of 4096 columns, which the optimiser reads and writes as runs
- *     of 16 KiB, not 4 KiB: fused, 15.4-16.6 ms for 48 rows (32 and 64 within 1 ms) against
- *     21.2-23.2 for blocks of 24 rows by 1,024 columns, whose panels of x stayed in L2 (the
- *     products alone 8.2 ms against 8.1).
+ *     of 16 KiB, not 4 KiB: fused, 15.9-19.2 ms for 48 rows (32 and 64 rows alike) against
+ *     20.8-23.2 for blocks of 24 rows by 1,024 columns, whose panels of x stayed in L2 (the
+ *     products alone 8.2 ms against 8.1; docs/performance.md has the other shapes).
  * Threads split the rows, so every element is the same sum for any thread count, and the
  * sink's elements are those written whole. */
 #include "ops/linear_internal.h"
