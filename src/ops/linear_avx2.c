@@ -213,9 +213,9 @@ typedef struct sp_job {
     const float *w;           /* b [k, j] = w [k * ldw + j], or w [j * ldw + k] (transposed) */
     int64_t ldw;
     bool transposed, every;
-    const uint64_t *mask;     /* [n][chunks] */
-    const int32_t *off;       /* [n][chunks]: the chunk's first value in vals */
-    const float *vals;        /* row m's values from m * k on */
+    uint64_t *mask;           /* [n][chunks] */
+    int32_t *off;             /* [n][chunks]: the chunk's first value in vals */
+    float *vals;              /* row m's values from m * k on */
     int64_t *counts;          /* [n]: row m's nonzeros */
     const float *bias;        /* [nj] or NULL */
     float *out;               /* [n, nj] */
@@ -223,17 +223,21 @@ typedef struct sp_job {
     int64_t slab_floats;
 } sp_job;
 
+/* The width of part i of a dimension of `total` cut into parts of SP_B: SP_B, or what the
+ * last part has left. */
+static int64_t sp_width(int64_t total, int64_t i) { return total - i * SP_B < SP_B ? total - i * SP_B : SP_B; }
+
 /* Row m's masks and values, for rows [m0, m1); counts [m] = its nonzeros (NaN included). */
 AVX2 static void sp_lists(void *arg, int64_t m0, int64_t m1) {
     const sp_job *jb = arg;
-    uint64_t *mask = (uint64_t *)jb->mask;
-    int32_t *off = (int32_t *)jb->off;
-    float *vals = (float *)jb->vals;
+    uint64_t *mask = jb->mask;
+    int32_t *off = jb->off;
+    float *vals = jb->vals;
     for (int64_t m = m0; m < m1; m++) {
         const float *row = jb->s + m * jb->k;
         int64_t at = m * jb->k;
         for (int64_t c = 0; c < jb->chunks; c++) {
-            int64_t k0 = c * SP_B, kn = jb->k - k0 < SP_B ? jb->k - k0 : SP_B;
+            int64_t k0 = c * SP_B, kn = sp_width(jb->k, c);
             uint64_t bits = 0;
             int64_t r = 0;
             for (; r + 8 <= kn; r += 8) {
@@ -249,17 +253,14 @@ AVX2 static void sp_lists(void *arg, int64_t m0, int64_t m1) {
     }
 }
 
-/* Where tile t (block t / chunks, chunk t % chunks) is read from w: its first row, and
- * how many rows of SP_B floats (ldw apart). */
-static const float *sp_source(const sp_job *jb, int64_t t, int64_t *rows) {
-    int64_t blk = t / jb->chunks, c = t % jb->chunks;
-    int64_t jn = jb->nj - blk * SP_B < SP_B ? jb->nj - blk * SP_B : SP_B;
-    int64_t kn = jb->k - c * SP_B < SP_B ? jb->k - c * SP_B : SP_B;
+/* Where the tile of block blk and chunk c is read from w: its first row, and how many
+ * rows of w it spans (ldw apart), SP_B floats of each. */
+static const float *sp_source(const sp_job *jb, int64_t blk, int64_t c, int64_t *rows) {
     if (jb->transposed) {
-        *rows = jn;
+        *rows = sp_width(jb->nj, blk);
         return jb->w + (blk * SP_B) * jb->ldw + c * SP_B;
     }
-    *rows = kn;
+    *rows = sp_width(jb->k, c);
     return jb->w + (c * SP_B) * jb->ldw + blk * SP_B;
 }
 
@@ -277,11 +278,10 @@ AVX2_INLINE __m256i sp_nonfinite(__m256 v, __m256i seen) {
 /* The tile b [kn rows, jn columns] into wp [SP_B][SP_B] (columns past jn zero); returns
  * whether it holds an infinity or NaN. */
 AVX2 static bool sp_pack(const sp_job *jb, int64_t blk, int64_t c, float *wp) {
-    int64_t jn = jb->nj - blk * SP_B < SP_B ? jb->nj - blk * SP_B : SP_B;
-    int64_t kn = jb->k - c * SP_B < SP_B ? jb->k - c * SP_B : SP_B, ld = jb->ldw;
+    int64_t jn = sp_width(jb->nj, blk), kn = sp_width(jb->k, c), ld = jb->ldw, rows;
+    const float *src = sp_source(jb, blk, c, &rows);
     __m256i seen = _mm256_setzero_si256();
     if (!jb->transposed) {
-        const float *src = jb->w + (c * SP_B) * ld + blk * SP_B;
         for (int64_t r = 0; r < kn; r++) {
             float *to = wp + r * SP_B;
             if (jn == SP_B) {
@@ -299,7 +299,6 @@ AVX2 static bool sp_pack(const sp_job *jb, int64_t blk, int64_t c, float *wp) {
         return _mm256_movemask_epi8(seen) != 0;
     }
     /* wp [r][q] = w [blk * SP_B + q, c * SP_B + r] */
-    const float *src = jb->w + (blk * SP_B) * ld + c * SP_B;
     if (jn == SP_B && kn == SP_B) {
         for (int q0 = 0; q0 < SP_B; q0 += 8)
             for (int r0 = 0; r0 < SP_B; r0 += 8) {
@@ -344,9 +343,9 @@ AVX2 static void sp_slab(void *arg, int64_t begin, int64_t end) {
         int64_t t_end = b1 * jb->chunks, rows_ahead = 0;
         for (int64_t blk = b0; blk < b1; blk++) {
             for (int64_t c = 0; c < jb->chunks; c++) {
-                int64_t t = blk * jb->chunks + c, kn = jb->k - c * SP_B < SP_B ? jb->k - c * SP_B : SP_B;
+                int64_t t = blk * jb->chunks + c + SP_AHEAD, kn = sp_width(jb->k, c);
                 bool dense = sp_pack(jb, blk, c, wp) || jb->every;
-                const float *ahead = t + SP_AHEAD < t_end ? sp_source(jb, t + SP_AHEAD, &rows_ahead) : NULL;
+                const float *ahead = t < t_end ? sp_source(jb, t / jb->chunks, t % jb->chunks, &rows_ahead) : NULL;
                 for (int64_t m = 0; m < jb->n; m++) {
                     if (ahead && m < rows_ahead) sp_prefetch_row(ahead + m * jb->ldw);
                     __m256 a[SP_V];
@@ -371,7 +370,7 @@ AVX2 static void sp_slab(void *arg, int64_t begin, int64_t end) {
                 if (ahead)
                     for (int64_t m = jb->n; m < rows_ahead; m++) sp_prefetch_row(ahead + m * jb->ldw);
             }
-            int64_t j0 = blk * SP_B, jn = jb->nj - j0 < SP_B ? jb->nj - j0 : SP_B;
+            int64_t j0 = blk * SP_B, jn = sp_width(jb->nj, blk);
             for (int64_t m = 0; m < jb->n; m++)
                 for (int64_t q = 0; q < jn; q++)
                     jb->out[m * jb->nj + j0 + q] = acc[m * SP_B + q] + (jb->bias ? jb->bias[j0 + q] : 0.0f);
@@ -398,7 +397,7 @@ static bool sp_product(graft_ctx *ctx, int64_t n, int64_t k, int64_t nj, const f
     int32_t *off = (int32_t *)(counts + n);
     sp_job jb = {.n = n, .k = k, .nj = nj, .chunks = chunks, .blocks = blocks, .slabs = slabs, .s = s, .w = w,
                  .ldw = transposed ? k : nj, .transposed = transposed, .mask = mask, .off = off,
-                 .vals = (const float *)(off + n * chunks), .counts = counts, .bias = bias, .out = out,
+                 .vals = (float *)(off + n * chunks), .counts = counts, .bias = bias, .out = out,
                  .scratch = scratch + list_floats, .slab_floats = slab_floats};
     jb.every = !sparse;
     if (sparse) {
