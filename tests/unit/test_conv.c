@@ -586,13 +586,20 @@ static void test_forward_kernel_follows_cpu_and_setting(void **state) {
     graft_conv2d_set_kernel(GRAFT_CONV2D_WGEMM);
     assert_int_equal(graft_conv2d_forward_kernel(&g), GRAFT_CONV2D_WGEMM);
     assert_int_equal(graft_conv2d_forward_kernel(&g5), GRAFT_CONV2D_GEMM);
-    /* by itself, without AVX-512, not on fewer than 16 input channels (VGG's first layer) */
+    /* by itself, without AVX-512, on fewer than 16 input channels (VGG's first layer) only
+     * where the AVX2 transforms run and the map's rows of tiles are whole vectors */
     graft_conv2d_geom first = {.n = 2, .c = 3, .h = 32, .w = 32, .oc = 64, .kh = 3, .kw = 3,
                                .sh = 1, .sw = 1, .ph = 1, .pw = 1};
     assert_int_equal(graft_conv2d_geom_init(&first), GRAFT_OK);
     assert_int_equal(graft_conv2d_forward_kernel(&first), GRAFT_CONV2D_WGEMM);
     graft_conv2d_set_kernel(GRAFT_CONV2D_AUTO);
+    graft_conv2d_kernel small_c = avx ? GRAFT_CONV2D_WINOGRAD : graft_cpu_avx2() ? GRAFT_CONV2D_WGEMM : GRAFT_CONV2D_GEMM;
+    assert_int_equal(graft_conv2d_forward_kernel(&first), small_c);
+    first.h = first.w = 14; /* rows of 7 tiles */
+    assert_int_equal(graft_conv2d_geom_init(&first), GRAFT_OK);
     assert_int_equal(graft_conv2d_forward_kernel(&first), avx ? GRAFT_CONV2D_WINOGRAD : GRAFT_CONV2D_GEMM);
+    first.c = 16;
+    assert_int_equal(graft_conv2d_forward_kernel(&first), avx ? GRAFT_CONV2D_WINOGRAD : GRAFT_CONV2D_WGEMM);
 }
 
 /* The AVX-512 kernels (direct and Winograd) split outputs between threads, never a sum:
