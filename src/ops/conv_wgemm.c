@@ -384,6 +384,100 @@ AVX2 static void finish_tiles_avx2(const float *m, int64_t es, int64_t i0, int64
 }
 #endif
 
+/* Small maps (VGG's 8 x 8 and 4 x 4 at 32 x 32 input) have rows of 4 and 2 tiles, too
+ * short for the loops above, which take 8 tiles or columns at a time and leave the rest
+ * to the portable loops.  There the AVX2 path takes 8 / tw whole rows of tiles at once,
+ * one tile a lane (a group): the same additions in the same order as for one row at a
+ * time, so the same bits.  The number of segments a group takes from s on (2 or 4), or
+ * 0 where s does not start one: the map's width is exactly 2 tw with tw 2 or 4, and s and
+ * the segments after it are whole rows of the chunk's tiles, 8 tiles in all. */
+static int group_segments(const wb_job *j, const wb_segment *s) {
+    if (!j->avx2 || (j->tw != 2 && j->tw != 4) || j->g->w != 2 * j->tw) return 0;
+    return s->tx == 0 && s->count == j->tw && s->left >= 8 ? (int)(8 / j->tw) : 0;
+}
+
+#if GRAFT_HAVE_AVX2_BUILD
+/* The four patch rows of segment s for channel ci (rows of the zero row past the image). */
+static void patch_rows(const wb_job *j, const wb_segment *s, int64_t ci, const float *d[4]) {
+    const graft_conv2d_geom *g = j->g;
+    for (int r = 0; r < 4; r++) {
+        int64_t iy = 2 * s->ty - 1 + r;
+        d[r] = iy >= 0 && iy < g->h ? j->x + (s->image * g->c + ci) * g->h * g->w + iy * g->w : j->zeros;
+    }
+}
+
+/* B^T d down the columns of four rows held in p (combine_rows's additions). */
+AVX2 static inline void combine_rows_regs(const __m256 p[4], __m256 u[4]) {
+    u[0] = _mm256_sub_ps(p[0], p[2]);
+    u[1] = _mm256_add_ps(p[1], p[2]);
+    u[2] = _mm256_sub_ps(p[2], p[1]);
+    u[3] = _mm256_sub_ps(p[1], p[3]);
+}
+
+/* . B across the tiles: a, b, c, d are each lane's patch columns 0..3 (combine_columns's
+ * additions); V_{r,0..3} into vr [0..3]. */
+AVX2 static inline void combine_lanes(__m256 a, __m256 b, __m256 c, __m256 d, float *const vr[4]) {
+    _mm256_storeu_ps(vr[0], _mm256_sub_ps(a, c));
+    _mm256_storeu_ps(vr[1], _mm256_add_ps(b, c));
+    _mm256_storeu_ps(vr[2], _mm256_sub_ps(c, b));
+    _mm256_storeu_ps(vr[3], _mm256_sub_ps(b, d));
+}
+
+/* V_e [c][at, at + 8) of a group of segments from s (group_segments), each a whole row of
+ * tw tiles of a map 2 tw wide: patch column k of tile i is padded column 2 i + k, input
+ * column 2 i + k - 1, zero at either edge. */
+AVX2 static void input_group(const wb_job *j, wb_segment s, int groups, float *v) {
+    int64_t ld = j->ldv, es = j->g->c * ld;
+    wb_segment seg[4];
+    for (int k = 0; k < groups; k++) {
+        seg[k] = s;
+        if (k + 1 < groups) next_segment(j, &s);
+    }
+    const __m256 zero = _mm256_setzero_ps();
+    for (int64_t ci = 0; ci < j->g->c; ci++) {
+        float *vt = v + ci * ld + seg[0].at;
+        const float *d[4][4];
+        for (int k = 0; k < groups; k++) patch_rows(j, &seg[k], ci, d[k]);
+        __m256 a[4], b[4], c[4], e[4]; /* per combined row r: the lanes' patch columns 0..3 */
+        if (groups == 2) { /* rows of 8 columns: segment k in lanes 4k..4k+3 */
+            __m256 p0[4], p1[4], u0[4], u1[4];
+            for (int r = 0; r < 4; r++) p0[r] = _mm256_loadu_ps(d[0][r]), p1[r] = _mm256_loadu_ps(d[1][r]);
+            combine_rows_regs(p0, u0);
+            combine_rows_regs(p1, u1);
+            for (int r = 0; r < 4; r++) { /* even and odd input columns of both rows, as deinterleave */
+                __m256 ev = _mm256_shuffle_ps(u0[r], u1[r], _MM_SHUFFLE(2, 0, 2, 0));
+                __m256 od = _mm256_shuffle_ps(u0[r], u1[r], _MM_SHUFFLE(3, 1, 3, 1));
+                ev = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(ev), _MM_SHUFFLE(3, 1, 2, 0)));
+                od = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(od), _MM_SHUFFLE(3, 1, 2, 0)));
+                b[r] = ev; /* input column 2i */
+                c[r] = od; /* 2i + 1 */
+                /* 2i - 1 (zero for i = 0) and 2i + 2 (zero for the last tile), within each row */
+                a[r] = _mm256_blend_ps(_mm256_permute_ps(od, _MM_SHUFFLE(2, 1, 0, 0)), zero, 0x11);
+                e[r] = _mm256_blend_ps(_mm256_permute_ps(ev, _MM_SHUFFLE(0, 3, 2, 1)), zero, 0x88);
+            }
+        } else { /* rows of 4 columns: segments 0 and 2 in P's halves, 1 and 3 in Q's */
+            __m256 p[4], q[4], up[4], uq[4];
+            for (int r = 0; r < 4; r++) {
+                p[r] = _mm256_loadu2_m128(d[2][r], d[0][r]);
+                q[r] = _mm256_loadu2_m128(d[3][r], d[1][r]);
+            }
+            combine_rows_regs(p, up);
+            combine_rows_regs(q, uq);
+            for (int r = 0; r < 4; r++) { /* lanes: tile 0 and 1 of segments 0, 1 | 2, 3 */
+                b[r] = _mm256_shuffle_ps(up[r], uq[r], _MM_SHUFFLE(2, 0, 2, 0));
+                c[r] = _mm256_shuffle_ps(up[r], uq[r], _MM_SHUFFLE(3, 1, 3, 1));
+                a[r] = _mm256_blend_ps(zero, _mm256_shuffle_ps(up[r], uq[r], _MM_SHUFFLE(1, 1, 1, 1)), 0xAA);
+                e[r] = _mm256_blend_ps(_mm256_shuffle_ps(up[r], uq[r], _MM_SHUFFLE(2, 2, 2, 2)), zero, 0xAA);
+            }
+        }
+        for (int r = 0; r < 4; r++) {
+            float *const vr[4] = {vt + (r * 4) * es, vt + (r * 4 + 1) * es, vt + (r * 4 + 2) * es, vt + (r * 4 + 3) * es};
+            combine_lanes(a[r], b[r], c[r], e[r], vr);
+        }
+    }
+}
+#endif
+
 /* V_e [c][tc] for the tiles [t0, t1): per channel and segment, the four patch rows are
  * combined down the columns (B^T d) along the segment, then across (. B) per tile. */
 static void input_transform(const wb_job *j, int64_t t0, int64_t t1, float *v, float *rows) {
@@ -392,6 +486,14 @@ static void input_transform(const wb_job *j, int64_t t0, int64_t t1, float *v, f
     float *const u[4] = {rows, rows + (w + 4), rows + 2 * (w + 4), rows + 3 * (w + 4)};
     wb_segment s = first_segment(j, t0, t1);
     do {
+#if GRAFT_HAVE_AVX2_BUILD
+        int groups = group_segments(j, &s);
+        if (groups) {
+            input_group(j, s, groups, v);
+            for (int k = 1; k < groups; k++) next_segment(j, &s);
+            continue;
+        }
+#endif
         /* padded column p holds input column p - 1; the segment reads p in [2 tx, 2 (tx + count) + 2) */
         int64_t pa = 2 * s.tx, pb = 2 * (s.tx + s.count) + 2;
         int64_t lo = pa > 1 ? pa : 1, hi = pb < w + 1 ? pb : w + 1; /* the columns inside the image */
@@ -436,6 +538,43 @@ static void input_transform(const wb_job *j, int64_t t0, int64_t t1, float *v, f
         for (int64_t row = 0; row < WB_ELEMENTS * c; row++) memset(v + row * ld + n, 0, (size_t)(n16 - n) * sizeof(float));
 }
 
+#if GRAFT_HAVE_AVX2_BUILD
+/* Y = A^T M A of a group of segments from s (group_segments) for output channel o (the
+ * tiles' M_e at m + s.at + e * es), as finish_tiles_avx2 sums them, each segment's two
+ * rows of outputs written where output_transform writes them. */
+AVX2 static void output_group(const wb_job *j, const float *m, int64_t es, wb_segment s, int groups, int64_t o,
+                              float bias) {
+    const graft_conv2d_geom *g = j->g;
+    int64_t oh = g->oh, ow = g->ow, p = oh * ow;
+    __m256 vb = _mm256_set1_ps(bias), sr[2][4];
+    const float *mt = m + s.at;
+    for (int col = 0; col < 4; col++) {
+        __m256 m0 = _mm256_loadu_ps(mt + (0 * 4 + col) * es), m1 = _mm256_loadu_ps(mt + (1 * 4 + col) * es);
+        __m256 m2 = _mm256_loadu_ps(mt + (2 * 4 + col) * es), m3 = _mm256_loadu_ps(mt + (3 * 4 + col) * es);
+        sr[0][col] = _mm256_add_ps(_mm256_add_ps(m0, m1), m2);
+        sr[1][col] = _mm256_sub_ps(_mm256_sub_ps(m1, m2), m3);
+    }
+    for (int r = 0; r < 2; r++) {
+        __m256 left = finish_avx2(_mm256_add_ps(_mm256_add_ps(sr[r][0], sr[r][1]), sr[r][2]), vb, g->relu);
+        __m256 right = finish_avx2(_mm256_sub_ps(_mm256_sub_ps(sr[r][1], sr[r][2]), sr[r][3]), vb, g->relu);
+        /* each lane's pair of outputs side by side: lo holds tiles 0, 1 and 4, 5, hi 2, 3 and 6, 7 */
+        __m256 lo = _mm256_unpacklo_ps(left, right), hi = _mm256_unpackhi_ps(left, right);
+        wb_segment t = s;
+        for (int k = 0; k < groups; k++) {
+            if (2 * t.ty + r < oh) {
+                float *dst = j->y + (t.image * g->oc + o) * p + (2 * t.ty + r) * ow;
+                if (groups == 2) /* a row of 4 tiles: 8 outputs */
+                    _mm256_storeu_ps(dst, _mm256_permute2f128_ps(lo, hi, k == 0 ? 0x20 : 0x31));
+                else /* a row of 2 tiles: 4 outputs, segment k's from lo (0, 2) or hi (1, 3) */
+                    _mm_storeu_ps(dst, k & 1 ? (k & 2 ? _mm256_extractf128_ps(hi, 1) : _mm256_castps256_ps128(hi))
+                                             : (k & 2 ? _mm256_extractf128_ps(lo, 1) : _mm256_castps256_ps128(lo)));
+            }
+            if (k + 1 < groups) next_segment(j, &t);
+        }
+    }
+}
+#endif
+
 /* Y = A^T M A for output channels [o0, o1) of the tiles [t0, t1): m holds M_e [16][rows][tc]
  * for the channels from o0. */
 static void output_transform(const wb_job *j, int64_t t0, int64_t t1, const float *m, int64_t o0, int64_t o1,
@@ -447,6 +586,14 @@ static void output_transform(const wb_job *j, int64_t t0, int64_t t1, const floa
         const float *mo = m + (o - o0) * tc;
         wb_segment s = first_segment(j, t0, t1);
         do {
+#if GRAFT_HAVE_AVX2_BUILD
+            int groups = group_segments(j, &s);
+            if (groups) {
+                output_group(j, mo, es, s, groups, o, bias);
+                for (int k = 1; k < groups; k++) next_segment(j, &s);
+                continue;
+            }
+#endif
             float *y0 = j->y + (s.image * g->oc + o) * p + 2 * s.ty * ow + 2 * s.tx;
             float *y1 = 2 * s.ty + 1 < oh ? y0 + ow : NULL;
             /* tiles whose right column lies inside the map */

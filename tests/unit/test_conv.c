@@ -100,6 +100,11 @@ static const graft_conv2d_geom winograd_geoms[] = {
     /* maps of 1 x 2 and 2 x 1 (WGEMM's products by output position, as 2 x 2 and 1 x 1) */
     {.n = 3, .c = 7, .h = 1, .w = 2, .oc = 5, .kh = 3, .kw = 3, .sh = 1, .sw = 1, .ph = 1, .pw = 1},
     {.n = 2, .c = 5, .h = 2, .w = 1, .oc = 6, .kh = 3, .kw = 3, .sh = 1, .sw = 1, .ph = 1, .pw = 1},
+    /* rows of 2 and 4 tiles, which WGEMM's AVX2 loops take 4 and 2 rows at a time across
+     * images (the last image's rows alone), an odd height's short last row among them */
+    {.n = 5, .c = 24, .h = 4, .w = 4, .oc = 40, .kh = 3, .kw = 3, .sh = 1, .sw = 1, .ph = 1, .pw = 1},
+    {.n = 3, .c = 17, .h = 5, .w = 4, .oc = 9, .kh = 3, .kw = 3, .sh = 1, .sw = 1, .ph = 1, .pw = 1},
+    {.n = 3, .c = 16, .h = 8, .w = 8, .oc = 20, .kh = 3, .kw = 3, .sh = 1, .sw = 1, .ph = 1, .pw = 1},
     /* F(4x4, 3x3): 90 tiles of 4x4 (a second block of 42), both edges ragged, two blocks of
      * output channels */
     {.n = 3, .c = 9, .h = 20, .w = 22, .oc = 70, .kh = 3, .kw = 3, .sh = 1, .sw = 1, .ph = 1, .pw = 1},
