@@ -564,7 +564,7 @@ AVX2 static void output_group(const wb_job *j, const float *m, int64_t es, wb_se
             if (2 * t.ty + r < oh) {
                 float *dst = j->y + (t.image * g->oc + o) * p + (2 * t.ty + r) * ow;
                 if (groups == 2) /* a row of 4 tiles: 8 outputs */
-                    _mm256_storeu_ps(dst, _mm256_permute2f128_ps(lo, hi, k == 0 ? 0x20 : 0x31));
+                    _mm256_storeu_ps(dst, k == 0 ? _mm256_permute2f128_ps(lo, hi, 0x20) : _mm256_permute2f128_ps(lo, hi, 0x31));
                 else /* a row of 2 tiles: 4 outputs, segment k's from lo (0, 2) or hi (1, 3) */
                     _mm_storeu_ps(dst, k & 1 ? (k & 2 ? _mm256_extractf128_ps(hi, 1) : _mm256_castps256_ps128(hi))
                                              : (k & 2 ? _mm256_extractf128_ps(lo, 1) : _mm256_castps256_ps128(lo)));
