@@ -299,3 +299,92 @@ void graft_old_files_wait(graft_old_files *o) {
     if (o->running) pthread_join(o->thread, NULL);
     o->running = false;
 }
+
+/* ---- commits in the background ----------------------------------------------------- */
+
+graft_status graft_commits_add(graft_commits *c, graft_atomic_file *af) {
+    if (c->running || c->n >= GRAFT_COMMITS_MAX) return graft_atomic_commit(af);
+    c->files[c->n] = *af;
+    c->link_from[c->n] = c->link_to[c->n] = NULL;
+    c->n++;
+    *af = (graft_atomic_file){.fd = -1};
+    return GRAFT_OK;
+}
+
+graft_status graft_commits_add_link(graft_commits *c, const char *existing, const char *path) {
+    if (c->running || c->n >= GRAFT_COMMITS_MAX)
+        return graft_error(GRAFT_ERR_INVALID, "%s: no room for a deferred link", path);
+    char *from = dup_str(existing), *to = dup_str(path);
+    if (!from || !to) {
+        free(from), free(to);
+        return graft_error(GRAFT_ERR_NOMEM, "%s: out of memory", path);
+    }
+    c->files[c->n] = (graft_atomic_file){.fd = -1};
+    c->link_from[c->n] = from;
+    c->link_to[c->n] = to;
+    c->n++;
+    return GRAFT_OK;
+}
+
+/* existing's bytes into path, atomically. */
+static graft_status copy_file(const char *existing, const char *path) {
+    int in = open(existing, O_RDONLY | O_CLOEXEC);
+    if (in < 0) return graft_error(GRAFT_ERR_IO, "%s: %s", existing, strerror(errno));
+    graft_atomic_file af;
+    graft_status s = graft_atomic_open(&af, path);
+    char buf[1 << 16];
+    while (!s) {
+        ssize_t got = read(in, buf, sizeof buf);
+        if (got < 0 && errno == EINTR) continue;
+        if (got < 0) s = graft_error(GRAFT_ERR_IO, "%s: %s", existing, strerror(errno));
+        if (got <= 0) break;
+        s = graft_atomic_write(&af, buf, (size_t)got);
+    }
+    close(in);
+    if (s) {
+        graft_atomic_abort(&af);
+        return s;
+    }
+    return graft_atomic_commit(&af);
+}
+
+static void *run_commits(void *arg) {
+    graft_commits *c = arg;
+    for (int i = 0; i < c->n; i++) {
+        graft_status s;
+        if (c->link_to[i]) {
+            s = c->status ? GRAFT_OK : graft_atomic_link(c->link_from[i], c->link_to[i]);
+            if (s == GRAFT_ERR_UNSUPPORTED) s = copy_file(c->link_from[i], c->link_to[i]);
+            free(c->link_from[i]), free(c->link_to[i]);
+            c->link_from[i] = c->link_to[i] = NULL;
+        } else if (c->status) { /* after a failure: the rest are dropped, their targets unchanged */
+            graft_atomic_abort(&c->files[i]);
+            s = GRAFT_OK;
+        } else {
+            s = graft_atomic_commit(&c->files[i]);
+        }
+        if (s && !c->status) {
+            c->status = s;
+            c->message = dup_str(graft_errmsg());
+        }
+    }
+    c->n = 0;
+    return NULL;
+}
+
+void graft_commits_start(graft_commits *c) {
+    if (c->running || !c->n) return;
+    c->running = pthread_create(&c->thread, NULL, run_commits, c) == 0;
+}
+
+graft_status graft_commits_wait(graft_commits *c) {
+    if (c->running) pthread_join(c->thread, NULL);
+    else run_commits(c); /* never started, or no thread could start */
+    c->running = false;
+    graft_status s = c->status;
+    if (s) s = graft_error(s, "%s", c->message ? c->message : "a deferred commit failed");
+    free(c->message);
+    c->message = NULL;
+    c->status = GRAFT_OK;
+    return s;
+}

@@ -100,4 +100,43 @@ void graft_old_files_remove(graft_old_files *o, const char *path);
 /* Waits for the removals to finish. */
 void graft_old_files_wait(graft_old_files *o);
 
+/* Commits made on a thread of their own, in order.  A commit's fsync waits on the disk
+ * with no CPU used (a training run's 537 MB checkpoint: about 0.9 s an epoch, with its
+ * state's 0.1 s), so the caller writes each file, hands it over uncommitted, and goes
+ * on; the files appear, each whole, when their commits are done.  A link (as
+ * graft_atomic_link; a copy of the file where links fail) waits for the commits before
+ * it.
+ *
+ *     graft_commits c = {0};
+ *     ... write af ...
+ *     graft_commits_add(&c, &af);                   // af's commit, later (af is emptied)
+ *     graft_commits_add_link(&c, existing, path);
+ *     graft_commits_start(&c);                      // on a thread (in the calling one if none starts)
+ *     ...
+ *     s = graft_commits_wait(&c);                   // before the next add, and at the end
+ *
+ * graft_commits_wait returns the first failure of the batch (with its message), and
+ * leaves c empty and ready for the next batch.  Start from a zeroed struct. */
+#define GRAFT_COMMITS_MAX 4
+typedef struct graft_commits {
+    graft_atomic_file files[GRAFT_COMMITS_MAX]; /* a commit's file; fd -1 for a link */
+    char *link_from[GRAFT_COMMITS_MAX], *link_to[GRAFT_COMMITS_MAX];
+    int n;
+    pthread_t thread;
+    bool running;
+    graft_status status;
+    char *message; /* the failure's message, owned */
+} graft_commits;
+
+/* Hands af (opened and written, not committed) to c; af is left empty.  With the batch
+ * full, or c running, af is committed here instead and that result returned. */
+graft_status graft_commits_add(graft_commits *c, graft_atomic_file *af);
+/* path becomes another name of existing after the commits added before. */
+graft_status graft_commits_add_link(graft_commits *c, const char *existing, const char *path);
+/* Runs the batch on a thread. */
+void graft_commits_start(graft_commits *c);
+/* Waits for the batch (running it here if it was never started) and returns its first
+ * failure, or GRAFT_OK. */
+graft_status graft_commits_wait(graft_commits *c);
+
 #endif

@@ -636,19 +636,24 @@ graft_status graft_safetensors_save(const char *path, const graft_tensor_map *m)
 }
 
 static graft_status save_impl(const char *path, const graft_tensor_map *m, const char *float_dtype,
-                              const char *spare);
+                              const char *spare, graft_commits *commits);
 
 graft_status graft_safetensors_save_dtype(const char *path, const graft_tensor_map *m,
                                           const char *float_dtype) {
-    return save_impl(path, m, float_dtype, NULL);
+    return save_impl(path, m, float_dtype, NULL, NULL);
 }
 
 graft_status graft_safetensors_save_over(const char *path, const graft_tensor_map *m, const char *spare) {
-    return save_impl(path, m, "F32", spare);
+    return save_impl(path, m, "F32", spare, NULL);
+}
+
+graft_status graft_safetensors_save_deferred(const char *path, const graft_tensor_map *m, const char *spare,
+                                             graft_commits *commits) {
+    return save_impl(path, m, "F32", spare, commits);
 }
 
 static graft_status save_impl(const char *path, const graft_tensor_map *m, const char *float_dtype,
-                              const char *spare) {
+                              const char *spare, graft_commits *commits) {
     if (!path || !m) return graft_error(GRAFT_ERR_INVALID, "safetensors save: NULL path or map");
     const st_float_out *fo = NULL;
     for (size_t i = 0; i < sizeof float_outs / sizeof float_outs[0]; i++)
@@ -691,5 +696,5 @@ static graft_status save_impl(const char *path, const graft_tensor_map *m, const
         graft_atomic_abort(&af);
         return s;
     }
-    return graft_atomic_commit(&af);
+    return commits ? graft_commits_add(commits, &af) : graft_atomic_commit(&af);
 }

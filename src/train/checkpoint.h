@@ -38,6 +38,10 @@ graft_status graft_checkpoint_save(const char *path, const graft_model *m, const
  * epoch overwrites the spare's pages and leaves the file it replaces as the new spare. */
 graft_status graft_checkpoint_save_over(const char *path, const graft_model *m, const graft_checkpoint_meta *meta,
                                         const char *spare);
+/* The same with the commit handed to commits (io/atomic_file.h; NULL: made here). */
+struct graft_commits;
+graft_status graft_checkpoint_save_deferred(const char *path, const graft_model *m, const graft_checkpoint_meta *meta,
+                                            const char *spare, struct graft_commits *commits);
 /* Reads a checkpoint: creates the model its metadata names, loads the weights
  * strictly and freezes the recorded prefixes.  *m is freed with graft_model_free and
  * meta with graft_checkpoint_meta_release. */

@@ -78,6 +78,7 @@ typedef struct trainer {
     double best_top1;
     graft_strbuf jsonl;                /* metrics.jsonl so far */
     graft_old_files replaced;          /* checkpoints just replaced, removed in the background */
+    graft_commits commits;             /* the last save's commits, made in the background */
     graft_fold fold;                   /* pooled-linear folding (fold.h) */
     graft_module *const *steps;        /* the training forward: the model's steps, or folded ones */
     int nsteps;
@@ -499,7 +500,7 @@ static graft_status save_checkpoint(trainer *t, const char *name, bool spare) {
         .epoch = t->epoch,
         .save_id = t->save_id,
     };
-    return graft_checkpoint_save_over(path, t->model, &meta, spare ? spare_path : NULL);
+    return graft_checkpoint_save_deferred(path, t->model, &meta, spare ? spare_path : NULL, &t->commits);
 }
 
 static graft_status save_state(trainer *t) {
@@ -541,33 +542,35 @@ static graft_status save_state(trainer *t) {
     char spare[4096];
     path_in(t, "last.state.safetensors", path, sizeof path);
     spare_in(t, "last.state.safetensors", spare, sizeof spare);
-    if (!s) s = graft_safetensors_save_over(path, m, spare);
+    if (!s) s = graft_safetensors_save_deferred(path, m, spare, &t->commits);
     free(config);
     graft_tensor_map_free(m);
     return s;
 }
 
-/* last.safetensors then its state, with a new save id, each written over its spare.  A
- * folded layer is unfolded into the model first (fold.h: the origin moves to now). */
-static graft_status save_last(trainer *t) {
-    graft_status fs = graft_fold_reorigin(&t->fold, t->optim);
-    if (fs) return fs;
+/* last.safetensors then its state, with a new save id, each written over its spare, and
+ * where best, best.safetensors: the same bytes as last.safetensors, made another name of
+ * that file where the file system has hard links (VGG16's 537 MB are not written and
+ * stored twice), else a copy.  A folded layer is unfolded into the model first (fold.h:
+ * the origin moves to now).  The files are written here and committed (fsynced and
+ * renamed into place, in this order) on a thread while training goes on: the previous
+ * save's commits are waited for first, and graft_train waits for the last. */
+static graft_status save_last(trainer *t, bool best) {
+    graft_status s = graft_commits_wait(&t->commits);
+    if (s) return s;
+    if ((s = graft_fold_reorigin(&t->fold, t->optim))) return s;
     t->save_id++;
-    graft_status s = save_checkpoint(t, "last.safetensors", true);
+    s = save_checkpoint(t, "last.safetensors", true);
     if (!s) s = save_state(t);
+    if (!s && best) {
+        char last[4096], best_path[4096];
+        path_in(t, "last.safetensors", last, sizeof last);
+        path_in(t, "best.safetensors", best_path, sizeof best_path);
+        graft_old_files_keep(&t->replaced, best_path);
+        s = graft_commits_add_link(&t->commits, last, best_path);
+    }
+    graft_commits_start(&t->commits);
     return s;
-}
-
-/* best.safetensors after save_last: the same bytes as last.safetensors, made another
- * name of that file where the file system has hard links (VGG16's 537 MB are not
- * written and stored twice), else written out. */
-static graft_status save_best(trainer *t) {
-    char last[4096], best[4096];
-    path_in(t, "last.safetensors", last, sizeof last);
-    path_in(t, "best.safetensors", best, sizeof best);
-    graft_old_files_keep(&t->replaced, best);
-    graft_status s = graft_atomic_link(last, best);
-    return s == GRAFT_ERR_UNSUPPORTED ? save_checkpoint(t, "best.safetensors", false) : s;
 }
 
 static graft_status write_jsonl(trainer *t) {
@@ -723,7 +726,7 @@ static graft_status train_epoch(trainer *t) {
         t->steps_this_run++;
         report_progress(t, "train", t->step, steps, &t->train_m, seen_before, first_step, started);
         if (t->step < steps && should_stop(t)) {
-            if ((s = save_last(t))) return s;
+            if ((s = save_last(t, false))) return s;
             return GRAFT_INTERRUPTED;
         }
     }
@@ -766,8 +769,7 @@ static graft_status run_epochs(trainer *t) {
         double score = r.has_test ? r.test_top1 : r.train_accuracy;
         bool best = t->epoch == 1 || score > t->best_top1;
         if (best) t->best_top1 = score;
-        if ((s = save_last(t))) return s;
-        if (best && (s = save_best(t))) return s;
+        if ((s = save_last(t, best))) return s;
         graft_old_files_release(&t->replaced);
         if (t->cb && t->cb->epoch) t->cb->epoch(t->cb->user, &r);
         if (t->epoch < t->c.epochs && should_stop(t)) return GRAFT_INTERRUPTED;
@@ -894,6 +896,8 @@ graft_status graft_train(const graft_train_config *config, const graft_train_cal
         graft_strbuf_free(&tables);
         s = graft_metrics_write_csv(&t.test_m, t.class_names, t.c.out_dir);
     }
+    graft_status committed = graft_commits_wait(&t.commits); /* the last save's files in place */
+    if (!s || s == GRAFT_INTERRUPTED) s = committed ? committed : s;
     trainer_free(&t);
     return s;
 }

@@ -1197,6 +1197,62 @@ static void expect_bytes(const char *path, const char *want) {
     free(b);
 }
 
+/* graft_commits: files written and handed over appear, whole, only when the batch runs,
+ * in order, with a link after them; a failure is returned by the wait with its message,
+ * the commits after it are dropped (their targets unchanged, no temporary files left),
+ * and the struct is ready for the next batch. */
+static void deferred_commits_run_in_order_and_report_the_first_failure(void **state) {
+    (void)state;
+    char a[PATH_BYTES], b[PATH_BYTES], c[PATH_BYTES], gone[PATH_BYTES], lost[PATH_BYTES + 8];
+    scratch_path(a, "deferred-a.txt");
+    scratch_path(b, "deferred-b.txt");
+    scratch_path(c, "deferred-c.txt");
+    scratch_path(gone, "deferred-dir");
+    snprintf(lost, sizeof lost, "%s/x.txt", gone);
+    write_bytes(a, "old a", 5);
+    graft_commits commits;
+    memset(&commits, 0, sizeof commits);
+    graft_atomic_file af;
+    assert_int_equal(graft_atomic_open(&af, a), GRAFT_OK);
+    assert_int_equal(graft_atomic_write(&af, "new a", 5), GRAFT_OK);
+    assert_int_equal(graft_commits_add(&commits, &af), GRAFT_OK);
+    graft_atomic_abort(&af); /* emptied by add: nothing to remove */
+    assert_int_equal(graft_atomic_open(&af, b), GRAFT_OK);
+    assert_int_equal(graft_atomic_write(&af, "b", 1), GRAFT_OK);
+    assert_int_equal(graft_commits_add(&commits, &af), GRAFT_OK);
+    assert_int_equal(graft_commits_add_link(&commits, a, c), GRAFT_OK);
+    expect_bytes(a, "old a"); /* nothing committed before the batch runs */
+    assert_int_equal(access(b, F_OK), -1);
+    assert_int_equal(scratch_entries_containing("deferred-a.txt.tmp."), 1);
+    graft_commits_start(&commits);
+    assert_int_equal(graft_commits_wait(&commits), GRAFT_OK);
+    expect_bytes(a, "new a");
+    expect_bytes(b, "b");
+    expect_bytes(c, "new a");
+    assert_true(inode_of(a) == inode_of(c));
+    assert_int_equal(scratch_entries_containing(".tmp."), 0);
+
+    /* a commit that fails (its folder removed meanwhile) is reported at the wait; the
+     * commit after it is dropped and its target keeps its bytes */
+    assert_int_equal(mkdir(gone, 0777), 0);
+    assert_int_equal(graft_atomic_open(&af, lost), GRAFT_OK);
+    assert_int_equal(graft_atomic_write(&af, "x", 1), GRAFT_OK);
+    assert_int_equal(graft_commits_add(&commits, &af), GRAFT_OK);
+    assert_int_equal(graft_atomic_open(&af, b), GRAFT_OK);
+    assert_int_equal(graft_atomic_write(&af, "b2", 2), GRAFT_OK);
+    assert_int_equal(graft_commits_add(&commits, &af), GRAFT_OK);
+    char tmp[PATH_BYTES + 64];
+    snprintf(tmp, sizeof tmp, "%s", commits.files[0].tmp_path);
+    assert_int_equal(unlink(tmp), 0); /* the temporary file's folder goes: its rename fails */
+    assert_int_equal(rmdir(gone), 0);
+    graft_commits_start(&commits);
+    assert_int_equal(graft_commits_wait(&commits), GRAFT_ERR_IO);
+    assert_non_null(strstr(graft_errmsg(), "x.txt"));
+    expect_bytes(b, "b");
+    assert_int_equal(scratch_entries_containing(".tmp."), 0);
+    assert_int_equal(graft_commits_wait(&commits), GRAFT_OK); /* empty again */
+}
+
 static void atomic_open_over_reuses_a_spare_and_keeps_the_replaced_file_as_the_next(void **state) {
     (void)state;
     char path[PATH_BYTES], spare[PATH_BYTES + 16], other[PATH_BYTES];
@@ -1348,6 +1404,7 @@ int main(void) {
         cmocka_unit_test(atomic_link_replaces_the_target_with_another_name_of_the_file),
         cmocka_unit_test(atomic_open_over_reuses_a_spare_and_keeps_the_replaced_file_as_the_next),
         cmocka_unit_test(replaced_files_live_on_until_released_then_go),
+        cmocka_unit_test(deferred_commits_run_in_order_and_report_the_first_failure),
     };
     return cmocka_run_group_tests(tests, make_scratch, remove_scratch);
 }
