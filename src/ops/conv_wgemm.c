@@ -315,15 +315,30 @@ static void finish_tiles(const float *m, int64_t es, int64_t i0, int64_t i1, int
 #include <immintrin.h>
 #define AVX2 __attribute__((target("avx2")))
 
+/* combine_rows's additions on 8 columns of the four patch rows held in p. */
+AVX2 static inline void combine_rows_regs(const __m256 p[4], __m256 u[4]) {
+    u[0] = _mm256_sub_ps(p[0], p[2]);
+    u[1] = _mm256_add_ps(p[1], p[2]);
+    u[2] = _mm256_sub_ps(p[2], p[1]);
+    u[3] = _mm256_sub_ps(p[1], p[3]);
+}
+
+/* combine_columns's additions for 8 tiles, a, b, c, d each lane's patch columns 0..3:
+ * V_{r,0..3} into vr [0..3]. */
+AVX2 static inline void combine_lanes(__m256 a, __m256 b, __m256 c, __m256 d, float *const vr[4]) {
+    _mm256_storeu_ps(vr[0], _mm256_sub_ps(a, c));
+    _mm256_storeu_ps(vr[1], _mm256_add_ps(b, c));
+    _mm256_storeu_ps(vr[2], _mm256_sub_ps(c, b));
+    _mm256_storeu_ps(vr[3], _mm256_sub_ps(b, d));
+}
+
 AVX2 static void combine_rows_avx2(const float *const d[4], float *const u[4], int64_t lo, int64_t hi) {
     int64_t p = lo;
     for (; p + 8 <= hi; p += 8) {
-        __m256 d0 = _mm256_loadu_ps(d[0] + p - 1), d1 = _mm256_loadu_ps(d[1] + p - 1);
-        __m256 d2 = _mm256_loadu_ps(d[2] + p - 1), d3 = _mm256_loadu_ps(d[3] + p - 1);
-        _mm256_storeu_ps(u[0] + p, _mm256_sub_ps(d0, d2));
-        _mm256_storeu_ps(u[1] + p, _mm256_add_ps(d1, d2));
-        _mm256_storeu_ps(u[2] + p, _mm256_sub_ps(d2, d1));
-        _mm256_storeu_ps(u[3] + p, _mm256_sub_ps(d1, d3));
+        __m256 in[4], out[4];
+        for (int r = 0; r < 4; r++) in[r] = _mm256_loadu_ps(d[r] + p - 1);
+        combine_rows_regs(in, out);
+        for (int r = 0; r < 4; r++) _mm256_storeu_ps(u[r] + p, out[r]);
     }
     combine_rows(d, u, p, hi);
 }
@@ -342,10 +357,8 @@ AVX2 static void combine_columns_avx2(const float *q, float *const v[4], int64_t
         __m256 a, b, c, d;
         deinterleave(q + 2 * i, &a, &b);
         deinterleave(q + 2 * i + 2, &c, &d);
-        _mm256_storeu_ps(v[0] + i, _mm256_sub_ps(a, c));
-        _mm256_storeu_ps(v[1] + i, _mm256_add_ps(b, c));
-        _mm256_storeu_ps(v[2] + i, _mm256_sub_ps(c, b));
-        _mm256_storeu_ps(v[3] + i, _mm256_sub_ps(b, d));
+        float *const vi[4] = {v[0] + i, v[1] + i, v[2] + i, v[3] + i};
+        combine_lanes(a, b, c, d, vi);
     }
     combine_columns(q, v, i, i1);
 }
@@ -362,23 +375,31 @@ AVX2 static inline void store_pairs(float *dst, __m256 a, __m256 b) {
     _mm256_storeu_ps(dst + 8, _mm256_permute2f128_ps(lo, hi, 0x31));
 }
 
+/* finish_tiles's sums for 8 tiles, m_e at m + e * es: y [r][0] and y [r][1] are output
+ * row r's left and right columns, biased and through the ReLU when asked. */
+AVX2 static inline void finish_lanes(const float *m, int64_t es, __m256 bias, bool relu, __m256 y[2][2]) {
+    __m256 sr[2][4];
+    for (int col = 0; col < 4; col++) {
+        __m256 m0 = _mm256_loadu_ps(m + (0 * 4 + col) * es), m1 = _mm256_loadu_ps(m + (1 * 4 + col) * es);
+        __m256 m2 = _mm256_loadu_ps(m + (2 * 4 + col) * es), m3 = _mm256_loadu_ps(m + (3 * 4 + col) * es);
+        sr[0][col] = _mm256_add_ps(_mm256_add_ps(m0, m1), m2);
+        sr[1][col] = _mm256_sub_ps(_mm256_sub_ps(m1, m2), m3);
+    }
+    for (int r = 0; r < 2; r++) {
+        y[r][0] = finish_avx2(_mm256_add_ps(_mm256_add_ps(sr[r][0], sr[r][1]), sr[r][2]), bias, relu);
+        y[r][1] = finish_avx2(_mm256_sub_ps(_mm256_sub_ps(sr[r][1], sr[r][2]), sr[r][3]), bias, relu);
+    }
+}
+
 AVX2 static void finish_tiles_avx2(const float *m, int64_t es, int64_t i0, int64_t i1, int64_t whole, float bias,
                                    bool relu, float *y0, float *y1) {
     __m256 vb = _mm256_set1_ps(bias);
     int64_t i = i0;
     for (; i + 8 <= i1 && i + 8 <= whole; i += 8) {
-        __m256 sr[2][4];
-        for (int col = 0; col < 4; col++) {
-            __m256 m0 = _mm256_loadu_ps(m + (0 * 4 + col) * es + i), m1 = _mm256_loadu_ps(m + (1 * 4 + col) * es + i);
-            __m256 m2 = _mm256_loadu_ps(m + (2 * 4 + col) * es + i), m3 = _mm256_loadu_ps(m + (3 * 4 + col) * es + i);
-            sr[0][col] = _mm256_add_ps(_mm256_add_ps(m0, m1), m2);
-            sr[1][col] = _mm256_sub_ps(_mm256_sub_ps(m1, m2), m3);
-        }
+        __m256 y[2][2];
+        finish_lanes(m + i, es, vb, relu, y);
         float *dst[2] = {y0, y1};
-        for (int r = 0; r < 2 && dst[r]; r++)
-            store_pairs(dst[r] + 2 * i,
-                        finish_avx2(_mm256_add_ps(_mm256_add_ps(sr[r][0], sr[r][1]), sr[r][2]), vb, relu),
-                        finish_avx2(_mm256_sub_ps(_mm256_sub_ps(sr[r][1], sr[r][2]), sr[r][3]), vb, relu));
+        for (int r = 0; r < 2 && dst[r]; r++) store_pairs(dst[r] + 2 * i, y[r][0], y[r][1]);
     }
     finish_tiles(m, es, i, i1, whole, bias, relu, y0, y1);
 }
@@ -396,8 +417,7 @@ static int group_segments(const wb_job *j, const wb_segment *s) {
     return s->tx == 0 && s->count == j->tw && s->left >= 8 ? (int)(8 / j->tw) : 0;
 }
 
-#if GRAFT_HAVE_AVX2_BUILD
-/* The four patch rows of segment s for channel ci (rows of the zero row past the image). */
+/* The four patch rows of segment s for channel ci (the zero row past the image). */
 static void patch_rows(const wb_job *j, const wb_segment *s, int64_t ci, const float *d[4]) {
     const graft_conv2d_geom *g = j->g;
     for (int r = 0; r < 4; r++) {
@@ -406,22 +426,7 @@ static void patch_rows(const wb_job *j, const wb_segment *s, int64_t ci, const f
     }
 }
 
-/* B^T d down the columns of four rows held in p (combine_rows's additions). */
-AVX2 static inline void combine_rows_regs(const __m256 p[4], __m256 u[4]) {
-    u[0] = _mm256_sub_ps(p[0], p[2]);
-    u[1] = _mm256_add_ps(p[1], p[2]);
-    u[2] = _mm256_sub_ps(p[2], p[1]);
-    u[3] = _mm256_sub_ps(p[1], p[3]);
-}
-
-/* . B across the tiles: a, b, c, d are each lane's patch columns 0..3 (combine_columns's
- * additions); V_{r,0..3} into vr [0..3]. */
-AVX2 static inline void combine_lanes(__m256 a, __m256 b, __m256 c, __m256 d, float *const vr[4]) {
-    _mm256_storeu_ps(vr[0], _mm256_sub_ps(a, c));
-    _mm256_storeu_ps(vr[1], _mm256_add_ps(b, c));
-    _mm256_storeu_ps(vr[2], _mm256_sub_ps(c, b));
-    _mm256_storeu_ps(vr[3], _mm256_sub_ps(b, d));
-}
+#if GRAFT_HAVE_AVX2_BUILD
 
 /* V_e [c][at, at + 8) of a group of segments from s (group_segments), each a whole row of
  * tw tiles of a map 2 tw wide: patch column k of tile i is padded column 2 i + k, input
@@ -482,7 +487,7 @@ AVX2 static void input_group(const wb_job *j, wb_segment s, int groups, float *v
  * combined down the columns (B^T d) along the segment, then across (. B) per tile. */
 static void input_transform(const wb_job *j, int64_t t0, int64_t t1, float *v, float *rows) {
     const graft_conv2d_geom *g = j->g;
-    int64_t c = g->c, h = g->h, w = g->w, plane = h * w, ld = j->ldv, es = c * ld;
+    int64_t c = g->c, w = g->w, ld = j->ldv, es = c * ld;
     float *const u[4] = {rows, rows + (w + 4), rows + 2 * (w + 4), rows + 3 * (w + 4)};
     wb_segment s = first_segment(j, t0, t1);
     do {
@@ -499,10 +504,7 @@ static void input_transform(const wb_job *j, int64_t t0, int64_t t1, float *v, f
         int64_t lo = pa > 1 ? pa : 1, hi = pb < w + 1 ? pb : w + 1; /* the columns inside the image */
         for (int64_t ci = 0; ci < c; ci++) {
             const float *d[4];
-            for (int r = 0; r < 4; r++) {
-                int64_t iy = 2 * s.ty - 1 + r;
-                d[r] = iy >= 0 && iy < h ? j->x + (s.image * c + ci) * plane + iy * w : j->zeros;
-            }
+            patch_rows(j, &s, ci, d);
             /* the padding's columns: at most one on the left (column 0) and two on the right
              * (an odd width), set one by one (as loops the compiler called memset for
              * each, 2% of VGG16's features at 32 x 32, where small maps have short rows) */
@@ -545,31 +547,27 @@ static void input_transform(const wb_job *j, int64_t t0, int64_t t1, float *v, f
 AVX2 static void output_group(const wb_job *j, const float *m, int64_t es, wb_segment s, int groups, int64_t o,
                               float bias) {
     const graft_conv2d_geom *g = j->g;
-    int64_t oh = g->oh, ow = g->ow, p = oh * ow;
-    __m256 vb = _mm256_set1_ps(bias), sr[2][4];
-    const float *mt = m + s.at;
-    for (int col = 0; col < 4; col++) {
-        __m256 m0 = _mm256_loadu_ps(mt + (0 * 4 + col) * es), m1 = _mm256_loadu_ps(mt + (1 * 4 + col) * es);
-        __m256 m2 = _mm256_loadu_ps(mt + (2 * 4 + col) * es), m3 = _mm256_loadu_ps(mt + (3 * 4 + col) * es);
-        sr[0][col] = _mm256_add_ps(_mm256_add_ps(m0, m1), m2);
-        sr[1][col] = _mm256_sub_ps(_mm256_sub_ps(m1, m2), m3);
+    int64_t oh = g->oh, ow = g->ow;
+    float *row0[4]; /* each segment's first output row */
+    int64_t ty[4], at = s.at;
+    for (int k = 0; k < groups; k++) {
+        row0[k] = j->y + (s.image * g->oc + o) * oh * ow + 2 * s.ty * ow;
+        ty[k] = s.ty;
+        if (k + 1 < groups) next_segment(j, &s);
     }
+    __m256 y[2][2];
+    finish_lanes(m + at, es, _mm256_set1_ps(bias), g->relu, y);
     for (int r = 0; r < 2; r++) {
-        __m256 left = finish_avx2(_mm256_add_ps(_mm256_add_ps(sr[r][0], sr[r][1]), sr[r][2]), vb, g->relu);
-        __m256 right = finish_avx2(_mm256_sub_ps(_mm256_sub_ps(sr[r][1], sr[r][2]), sr[r][3]), vb, g->relu);
         /* each lane's pair of outputs side by side: lo holds tiles 0, 1 and 4, 5, hi 2, 3 and 6, 7 */
-        __m256 lo = _mm256_unpacklo_ps(left, right), hi = _mm256_unpackhi_ps(left, right);
-        wb_segment t = s;
+        __m256 lo = _mm256_unpacklo_ps(y[r][0], y[r][1]), hi = _mm256_unpackhi_ps(y[r][0], y[r][1]);
         for (int k = 0; k < groups; k++) {
-            if (2 * t.ty + r < oh) {
-                float *dst = j->y + (t.image * g->oc + o) * p + (2 * t.ty + r) * ow;
-                if (groups == 2) /* a row of 4 tiles: 8 outputs */
-                    _mm256_storeu_ps(dst, k == 0 ? _mm256_permute2f128_ps(lo, hi, 0x20) : _mm256_permute2f128_ps(lo, hi, 0x31));
-                else /* a row of 2 tiles: 4 outputs, segment k's from lo (0, 2) or hi (1, 3) */
-                    _mm_storeu_ps(dst, k & 1 ? (k & 2 ? _mm256_extractf128_ps(hi, 1) : _mm256_castps256_ps128(hi))
-                                             : (k & 2 ? _mm256_extractf128_ps(lo, 1) : _mm256_castps256_ps128(lo)));
-            }
-            if (k + 1 < groups) next_segment(j, &t);
+            if (2 * ty[k] + r >= oh) continue;
+            float *dst = row0[k] + r * ow;
+            if (groups == 2) /* a row of 4 tiles: 8 outputs */
+                _mm256_storeu_ps(dst, k == 0 ? _mm256_permute2f128_ps(lo, hi, 0x20) : _mm256_permute2f128_ps(lo, hi, 0x31));
+            else /* a row of 2 tiles: 4 outputs, segment k's from lo (0, 2) or hi (1, 3) */
+                _mm_storeu_ps(dst, k & 1 ? (k & 2 ? _mm256_extractf128_ps(hi, 1) : _mm256_castps256_ps128(hi))
+                                         : (k & 2 ? _mm256_extractf128_ps(lo, 1) : _mm256_castps256_ps128(lo)));
         }
     }
 }
