@@ -643,12 +643,8 @@ graft_status graft_safetensors_save_dtype(const char *path, const graft_tensor_m
     return save_impl(path, m, float_dtype, NULL, NULL);
 }
 
-graft_status graft_safetensors_save_over(const char *path, const graft_tensor_map *m, const char *spare) {
-    return save_impl(path, m, "F32", spare, NULL);
-}
-
-graft_status graft_safetensors_save_deferred(const char *path, const graft_tensor_map *m, const char *spare,
-                                             graft_commits *commits) {
+graft_status graft_safetensors_save_over(const char *path, const graft_tensor_map *m, const char *spare,
+                                         graft_commits *commits) {
     return save_impl(path, m, "F32", spare, commits);
 }
 

@@ -4,14 +4,13 @@
 
 #include "graft/graft.h"
 
+struct graft_commits;
 /* graft_safetensors_save, its file written through graft_atomic_open_over with spare
  * (io/atomic_file.h): the old spare's pages overwritten, the replaced file kept as the
- * new spare.  NULL spare: graft_safetensors_save. */
-graft_status graft_safetensors_save_over(const char *path, const graft_tensor_map *m, const char *spare);
-/* The same with the commit handed to commits (io/atomic_file.h) instead of made here:
- * the bytes are written when it returns, the file appears when commits has run. */
-struct graft_commits;
-graft_status graft_safetensors_save_deferred(const char *path, const graft_tensor_map *m, const char *spare,
-                                             struct graft_commits *commits);
+ * new spare.  NULL spare: graft_safetensors_save.  With commits, the commit is handed to
+ * it instead of made here: the bytes are written when this returns, the file appears
+ * when commits has run. */
+graft_status graft_safetensors_save_over(const char *path, const graft_tensor_map *m, const char *spare,
+                                         struct graft_commits *commits);
 
 #endif

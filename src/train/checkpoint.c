@@ -72,16 +72,11 @@ static char *json_strings(char *const *v, int64_t n) {
 }
 
 graft_status graft_checkpoint_save(const char *path, const graft_model *m, const graft_checkpoint_meta *meta) {
-    return graft_checkpoint_save_over(path, m, meta, NULL);
+    return graft_checkpoint_save_over(path, m, meta, NULL, NULL);
 }
 
 graft_status graft_checkpoint_save_over(const char *path, const graft_model *m, const graft_checkpoint_meta *meta,
-                                        const char *spare) {
-    return graft_checkpoint_save_deferred(path, m, meta, spare, NULL);
-}
-
-graft_status graft_checkpoint_save_deferred(const char *path, const graft_model *m, const graft_checkpoint_meta *meta,
-                                            const char *spare, struct graft_commits *commits) {
+                                        const char *spare, struct graft_commits *commits) {
     graft_tensor_map *map;
     graft_status s = graft_model_state_view(m, &map); /* saved as it is: no copy */
     if (s) return s;
@@ -107,7 +102,7 @@ graft_status graft_checkpoint_save_deferred(const char *path, const graft_model 
         snprintf(id, sizeof id, "%lld", (long long)meta->save_id);
         s = graft_tensor_map_set_meta(map, "save_id", id);
     }
-    if (!s) s = graft_safetensors_save_deferred(path, map, spare, commits);
+    if (!s) s = graft_safetensors_save_over(path, map, spare, commits);
     free(classes);
     free(frozen);
     graft_tensor_map_free(map);

@@ -35,13 +35,11 @@ typedef struct graft_checkpoint_meta {
 /* Writes m and meta to path atomically (temporary file, fsync, rename). */
 graft_status graft_checkpoint_save(const char *path, const graft_model *m, const graft_checkpoint_meta *meta);
 /* The same through graft_safetensors_save_over (io/writers.h): a file rewritten every
- * epoch overwrites the spare's pages and leaves the file it replaces as the new spare. */
-graft_status graft_checkpoint_save_over(const char *path, const graft_model *m, const graft_checkpoint_meta *meta,
-                                        const char *spare);
-/* The same with the commit handed to commits (io/atomic_file.h; NULL: made here). */
+ * epoch overwrites the spare's pages and leaves the file it replaces as the new spare;
+ * with commits, its commit is handed to them (io/atomic_file.h) instead of made here. */
 struct graft_commits;
-graft_status graft_checkpoint_save_deferred(const char *path, const graft_model *m, const graft_checkpoint_meta *meta,
-                                            const char *spare, struct graft_commits *commits);
+graft_status graft_checkpoint_save_over(const char *path, const graft_model *m, const graft_checkpoint_meta *meta,
+                                        const char *spare, struct graft_commits *commits);
 /* Reads a checkpoint: creates the model its metadata names, loads the weights
  * strictly and freezes the recorded prefixes.  *m is freed with graft_model_free and
  * meta with graft_checkpoint_meta_release. */

@@ -11,9 +11,10 @@
  *                            epoch sums and the configuration
  *   per_class.csv, confusion.csv   the final evaluation
  * Every file is written atomically; a save's files are committed (fsynced and renamed into
- * place) on a thread of their own while the next epoch trains, and the checkpoints a save
- * replaces are removed on another (io/atomic_file.h: the fsyncs waited ~1 s an epoch and
- * freeing 537 MB ~0.7 s inside the rename, with no CPU used).
+ * place, the files they replace freed inside the renames) on a thread of their own while
+ * the next epoch trains, and the spares are removed on another at the end
+ * (io/atomic_file.h: the fsyncs waited ~1 s an epoch and freeing 537 MB ~0.7 s inside
+ * the rename, with no CPU used).
  * last.safetensors is written before its state and
  * both carry the same save id, so a state that does not belong to the weights (a kill
  * between the two renames) is recognised instead of silently mixed.
@@ -79,7 +80,7 @@ typedef struct trainer {
     int64_t save_id;
     double best_top1;
     graft_strbuf jsonl;                /* metrics.jsonl so far */
-    graft_old_files replaced;          /* checkpoints just replaced, removed in the background */
+    graft_old_files replaced;          /* the spares, removed in the background at the end */
     graft_commits commits;             /* the last save's commits, made in the background */
     graft_fold fold;                   /* pooled-linear folding (fold.h) */
     graft_module *const *steps;        /* the training forward: the model's steps, or folded ones */
@@ -502,7 +503,7 @@ static graft_status save_checkpoint(trainer *t, const char *name, bool spare) {
         .epoch = t->epoch,
         .save_id = t->save_id,
     };
-    return graft_checkpoint_save_deferred(path, t->model, &meta, spare ? spare_path : NULL, &t->commits);
+    return graft_checkpoint_save_over(path, t->model, &meta, spare ? spare_path : NULL, &t->commits);
 }
 
 static graft_status save_state(trainer *t) {
@@ -544,7 +545,7 @@ static graft_status save_state(trainer *t) {
     char spare[4096];
     path_in(t, "last.state.safetensors", path, sizeof path);
     spare_in(t, "last.state.safetensors", spare, sizeof spare);
-    if (!s) s = graft_safetensors_save_deferred(path, m, spare, &t->commits);
+    if (!s) s = graft_safetensors_save_over(path, m, spare, &t->commits);
     free(config);
     graft_tensor_map_free(m);
     return s;
@@ -568,8 +569,7 @@ static graft_status save_last(trainer *t, bool best) {
         char last[4096], best_path[4096];
         path_in(t, "last.safetensors", last, sizeof last);
         path_in(t, "best.safetensors", best_path, sizeof best_path);
-        graft_old_files_keep(&t->replaced, best_path);
-        s = graft_commits_add_link(&t->commits, last, best_path);
+        s = graft_commits_add_link(&t->commits, last, best_path); /* the old best freed on that thread */
     }
     graft_commits_start(&t->commits);
     return s;
@@ -772,7 +772,6 @@ static graft_status run_epochs(trainer *t) {
         bool best = t->epoch == 1 || score > t->best_top1;
         if (best) t->best_top1 = score;
         if ((s = save_last(t, best))) return s;
-        graft_old_files_release(&t->replaced);
         if (t->cb && t->cb->epoch) t->cb->epoch(t->cb->user, &r);
         if (t->epoch < t->c.epochs && should_stop(t)) return GRAFT_INTERRUPTED;
     }
